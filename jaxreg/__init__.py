@@ -1,0 +1,33 @@
+"""jaxreg: L1/L2 regularization and weight decay for JAX that behaves exactly like PyTorch.
+
+Penalties are pure functions of parameter pytrees; decay and proximal steps are
+Optax gradient transformations; :mod:`jaxreg.masks` selects what is regularized.
+"""
+
+from jaxreg import masks
+from jaxreg._decay import (
+    ScheduleState,
+    add_l1_decay,
+    add_weight_decay,
+    decoupled_weight_decay,
+)
+from jaxreg._penalties import elastic_net_penalty, l1_penalty, l2_penalty, regularized
+from jaxreg._prox import prox_elastic_net, prox_l1, soft_threshold
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "masks",
+    "l1_penalty",
+    "l2_penalty",
+    "elastic_net_penalty",
+    "regularized",
+    "add_weight_decay",
+    "decoupled_weight_decay",
+    "add_l1_decay",
+    "prox_l1",
+    "prox_elastic_net",
+    "soft_threshold",
+    "ScheduleState",
+    "__version__",
+]

@@ -1,0 +1,185 @@
+"""Weight decay as Optax gradient transformations: coupled L2, decoupled, L1.
+
+Shared machinery for every regularizing transform lives here too: the per-leaf
+application of a masked rule and the step counter used by schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative
+from jaxreg.masks import MaskLike, resolve
+
+__all__ = [
+    "ScheduleState",
+    "add_weight_decay",
+    "decoupled_weight_decay",
+    "add_l1_decay",
+]
+
+
+class ScheduleState(NamedTuple):
+    """State of a regularizing transform whose hyperparameter is a schedule."""
+
+    count: jax.Array  # shape=(), dtype=int32 -- updates applied so far
+
+
+def map_selected(
+    rule: Callable[..., jax.Array], mask: MaskLike, updates: Any, params: Any, *hparams: Any
+) -> Any:
+    """Apply ``rule(update, param, *hparams)`` where ``mask`` selects; pass other leaves through.
+
+    Hyperparameters are cast to each leaf's dtype, so updates keep their dtypes.
+    """
+    if params is None:
+        raise ValueError(
+            "this jaxreg transform needs the current params: call update(updates, state, params)"
+        )
+    u_leaves, treedef = jax.tree.flatten(updates)
+    try:
+        p_leaves = treedef.flatten_up_to(params)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"updates and params have different structures: {e}") from None
+    selected = resolve(mask, params)
+    out = []
+    for u, p, s in zip(u_leaves, p_leaves, selected):
+        if s:
+            hp = [jnp.asarray(h, dtype=u.dtype) for h in hparams]
+            u = rule(u, p, *hp).astype(u.dtype)
+        out.append(u)
+    return jax.tree.unflatten(treedef, out)
+
+
+def regularizing_transform(
+    rule: Callable[..., jax.Array], hparams: dict[str, ScalarOrSchedule], mask: MaskLike
+) -> optax.GradientTransformation:
+    """Build a transform applying ``rule(update, param, *hparam_values)`` on masked leaves.
+
+    Stateless (``optax.EmptyState``) when no hyperparameter is a schedule; otherwise
+    keeps a :class:`ScheduleState` and evaluates schedules at the current count
+    (the first update sees ``schedule(0)``, as ``optax.scale_by_learning_rate``).
+    """
+    for name, value in hparams.items():
+        check_nonnegative(name, value)
+    values = list(hparams.values())
+    scheduled = any(callable(v) for v in values)
+
+    def init_fn(params: Any) -> Any:
+        resolve(mask, params)  # a mask that does not fit fails here, at init
+        if scheduled:
+            return ScheduleState(count=jnp.zeros([], jnp.int32))
+        return optax.EmptyState()
+
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        count = state.count if scheduled else None
+        current = [at_count(v, count) for v in values]
+        updates = map_selected(rule, mask, updates, params, *current)
+        if scheduled:
+            state = ScheduleState(count=optax.safe_increment(count))
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def add_weight_decay(weight_decay: ScalarOrSchedule, mask: MaskLike = None):
+    r"""Coupled L2 weight decay: :math:`g \leftarrow g + \lambda\,\theta`.
+
+    This is PyTorch's ``weight_decay=`` in ``SGD``, ``Adam``, ``RMSprop``, ``Adagrad``, ...
+    (``grad = grad.add(param, alpha=weight_decay)``): the decay enters the gradient
+    *before* momentum or adaptive scaling. Put it first in an ``optax.chain``. With
+    plain SGD it equals :math:`\tfrac{\lambda}{2}` ``* l2_penalty`` in the loss.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0`; a float, scalar array or schedule.
+      mask: which leaves decay; see :mod:`jaxreg.masks`. Non-float leaves never decay.
+
+    Returns:
+      An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
+
+    Raises:
+      ValueError: on a negative or non-finite ``weight_decay`` (at construction), or
+        a mask that does not fit the params (at ``init``/``update``).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> tx = optax.chain(jaxreg.add_weight_decay(0.5), optax.sgd(1.0))
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
+      >>> updates["w"].tolist()
+      [-0.5, 1.0]
+    """
+    return regularizing_transform(lambda g, p, wd: g + wd * p, {"weight_decay": weight_decay}, mask)
+
+
+def decoupled_weight_decay(
+    weight_decay: ScalarOrSchedule, learning_rate: ScalarOrSchedule, mask: MaskLike = None
+):
+    r"""Decoupled weight decay: :math:`u \leftarrow u - \eta_t \lambda\,\theta_{t-1}`.
+
+    Chained *after* a base optimizer, the step becomes
+    :math:`\theta_t = \theta_{t-1}(1 - \eta_t\lambda) + \text{base update}` --
+    PyTorch ``AdamW``'s ``param.mul_(1 - lr * weight_decay)`` (Loshchilov & Hutter),
+    with :math:`\eta_t` the learning rate at this step. ``learning_rate`` may be a
+    schedule, evaluated on this transform's own count, which advances once per
+    update exactly as the count of the optimizer it is chained with.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0`; float, scalar array or schedule.
+      learning_rate: :math:`\eta_t \ge 0`; float, scalar array or schedule.
+      mask: which leaves decay; see :mod:`jaxreg.masks`.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on negative or non-finite hyperparameters, or a mask that does not fit.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> tx = optax.chain(optax.adam(1e-3), jaxreg.decoupled_weight_decay(1e-2, 1e-3))
+      >>> params = {"w": jnp.ones(2)}
+      >>> u, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
+      >>> u["w"].tolist()  # Adam's update of a zero gradient is 0; the decay is -1e-3 * 1e-2 * w
+      [-1e-05, -1e-05]
+
+    References:
+      Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
+    """
+    return regularizing_transform(
+        lambda u, p, wd, lr: u - lr * wd * p,
+        {"weight_decay": weight_decay, "learning_rate": learning_rate},
+        mask,
+    )
+
+
+def add_l1_decay(alpha: ScalarOrSchedule, mask: MaskLike = None):
+    r"""L1 decay in the gradient: :math:`g \leftarrow g + \alpha\,\operatorname{sign}(\theta)`.
+
+    The gradient of :math:`\alpha` ``* l1_penalty``, with the same convention
+    :math:`\operatorname{sign}(0) = 0` (PyTorch autograd's). It does not produce exact
+    zeros; use :func:`jaxreg.prox_l1` for that.
+
+    Args:
+      alpha: :math:`\alpha \ge 0`; float, scalar array or schedule.
+      mask: which leaves decay; see :mod:`jaxreg.masks`.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on a negative or non-finite ``alpha``, or a mask that does not fit.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> tx = jaxreg.add_l1_decay(0.5)
+      >>> p = {"w": jnp.array([-3.0, 0.0, 2.0])}
+      >>> tx.update({"w": jnp.zeros(3)}, tx.init(p), p)[0]["w"].tolist()
+      [-0.5, 0.0, 0.5]
+    """
+    return regularizing_transform(lambda g, p, a: g + a * jnp.sign(p), {"alpha": alpha}, mask)

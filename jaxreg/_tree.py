@@ -1,0 +1,81 @@
+"""Leaf paths and leaf filters shared by masks, penalties and transforms.
+
+Paths are "/"-joined strings of the keys leading to a leaf. A ``flax.nnx``
+``Variable`` (e.g. ``nnx.Param``) is transparent: the ``.value`` level it adds to
+an ``nnx.State`` does not show, so a linen dict and the matching ``nnx.State``
+give the same paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:  # flax is a runtime dependency, but keep the helpers usable without it.
+    from flax import nnx as _nnx
+
+    _VARIABLE_TYPES: tuple[type, ...] = (_nnx.Variable,)
+except Exception:  # pragma: no cover - flax missing or broken
+    _VARIABLE_TYPES = ()
+
+
+def is_variable(x: Any) -> bool:
+    """True for a ``flax.nnx.Variable`` (``nnx.Param`` and friends)."""
+    return bool(_VARIABLE_TYPES) and isinstance(x, _VARIABLE_TYPES)
+
+
+def key_str(key: Any) -> str:
+    """The path component of one pytree key, as a string."""
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def leaf_paths(tree: Any) -> list[tuple[str, ...]]:
+    """Path of every leaf of ``tree``, in ``jax.tree.leaves`` order.
+
+    Each path is a tuple of string components; nnx ``Variable`` levels are hidden.
+    """
+    out: list[tuple[str, ...]] = []
+    nodes = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]
+    for path, node in nodes:
+        components = tuple(key_str(k) for k in path)
+        if is_variable(node):
+            out.extend([components] * len(jax.tree.leaves(node)))
+        else:
+            out.append(components)
+    return out
+
+
+def path_str(path: tuple[str, ...]) -> str:
+    """A path tuple as the "/"-joined string used in messages and regexes."""
+    return "/".join(path)
+
+
+def is_float_leaf(leaf: Any) -> bool:
+    """True for real floating-point leaves: the only ones jaxreg regularizes.
+
+    Integers, booleans, PRNG keys and complex numbers are never regularized.
+    """
+    if isinstance(leaf, float):
+        return True
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+        return False
+    try:
+        return bool(jnp.issubdtype(dtype, jnp.floating))
+    except TypeError:  # extended dtypes (PRNG keys) are not numpy dtypes
+        return False
+
+
+def leaf_ndim(leaf: Any) -> int:
+    return int(np.ndim(leaf)) if not hasattr(leaf, "ndim") else int(leaf.ndim)

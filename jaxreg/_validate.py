@@ -1,0 +1,47 @@
+"""Eager validation of hyperparameters (floats, scalar arrays or schedules)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+#: A hyperparameter: a Python float, a scalar array, or an Optax schedule ``count -> value``.
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+
+
+def concrete_float(value: Any) -> float | None:
+    """``float(value)`` for a concrete scalar; ``None`` for a tracer (cannot be checked)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if np.ndim(value) != 0:
+        raise ValueError(f"expected a scalar, got an array of shape {np.shape(value)}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """Raise ``ValueError`` if a concrete hyperparameter is negative or not finite.
+
+    Schedules (callables) and traced values (e.g. under ``optax.inject_hyperparams``
+    inside ``jit``) cannot be inspected at construction and are accepted.
+    """
+    if callable(value):
+        return
+    try:
+        x = concrete_float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a non-negative float or a schedule; {e}") from None
+    if x is None:
+        return
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    if x < 0:
+        raise ValueError(f"{name} must be non-negative, got {x}")
+
+
+def at_count(value: ScalarOrSchedule, count: jax.Array | None) -> Any:
+    """The hyperparameter's value at step ``count`` (schedules are evaluated)."""
+    return value(count) if callable(value) else value

@@ -1,0 +1,1 @@
+"""parity: proof that jaxreg-regularized JAX training follows its PyTorch twin step by step."""
