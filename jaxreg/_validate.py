@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 #: A hyperparameter: a Python float, a scalar array, or an Optax schedule ``count -> value``.
@@ -43,5 +44,14 @@ def check_nonnegative(name: str, value: Any) -> None:
 
 
 def at_count(value: ScalarOrSchedule, count: jax.Array | None) -> Any:
-    """The hyperparameter's value at step ``count`` (schedules are evaluated)."""
-    return value(count) if callable(value) else value
+    """The hyperparameter's value at step ``count`` (schedules are evaluated).
+
+    A schedule is called with the count as a *float* of JAX's default float dtype
+    (float64 under x64). Optax's schedules accept it, and it keeps them from silently
+    computing in float32: ``optax.exponential_decay`` evaluates ``count / steps`` in
+    float32 for an int32 count, rounding the lr itself (5e-9 relative) where torch's
+    schedulers compute it in Python double.
+    """
+    if not callable(value):
+        return value
+    return value(jnp.asarray(count).astype(jnp.zeros((), float).dtype))

@@ -103,3 +103,24 @@ def optax_trajectory(tx, params0, grads_seq, dtype="float64"):
     for grads in grads_seq:
         params, state = step(params, state, [jnp.asarray(g, dtype) for g in grads])
     return [np.asarray(p) for p in params], state
+
+
+class float32_mode:
+    """Context: JAX with x64 off, as a float32 user runs it (restores x64 after)."""
+
+    def __enter__(self):
+        self._old = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", False)
+
+    def __exit__(self, *exc):
+        jax.config.update("jax_enable_x64", self._old)
+
+
+def rel_err(out: list, ref: list) -> float:
+    """max |Δp| over all leaves, relative to the parameter scale max |p_ref|."""
+    scale = max(float(np.max(np.abs(np.asarray(r, np.float64)), initial=0.0)) for r in ref)
+    diff = max(
+        float(np.max(np.abs(np.asarray(o, np.float64) - np.asarray(r, np.float64)), initial=0.0))
+        for o, r in zip(out, ref)
+    )
+    return diff / max(scale, 1e-300)

@@ -1,0 +1,40 @@
+"""``jaxreg.optim``: every ``torch.optim`` optimizer that has ``weight_decay``, as Optax.
+
+Each function takes torch's argument names and defaults, validates as torch does,
+accepts ``lr`` as a float or an Optax schedule, takes a ``weight_decay_mask`` in the
+jaxreg mask language, and returns an ``optax.GradientTransformation`` whose
+trajectory equals torch's to float64 round-off.
+"""
+
+from jaxreg.optim._adafactor import AdafactorState, adafactor
+from jaxreg.optim._adam import AdamaxState, AdamState, NAdamState, adam, adamax, adamw, nadam, radam
+from jaxreg.optim._asgd import ASGDState, asgd
+from jaxreg.optim._muon import MuonState, muon, zeropower_via_newtonschulz
+from jaxreg.optim._rms import AdadeltaState, AdagradState, RMSpropState, adadelta, adagrad, rmsprop
+from jaxreg.optim._sgd import SGDState, sgd
+
+__all__ = [
+    "sgd",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "adagrad",
+    "adadelta",
+    "adamax",
+    "nadam",
+    "radam",
+    "asgd",
+    "adafactor",
+    "muon",
+    "zeropower_via_newtonschulz",
+    "SGDState",
+    "AdamState",
+    "AdamaxState",
+    "NAdamState",
+    "RMSpropState",
+    "AdagradState",
+    "AdadeltaState",
+    "ASGDState",
+    "AdafactorState",
+    "MuonState",
+]
