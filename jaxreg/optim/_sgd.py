@@ -95,11 +95,11 @@ def sgd(
     Example:
       >>> import jax.numpy as jnp, optax
       >>> from jaxreg import optim
-      >>> tx = optim.sgd(lr=0.5, momentum=0.9, weight_decay=0.1)
+      >>> tx = optim.sgd(lr=0.5, momentum=0.9, weight_decay=0.5)
       >>> p = {"w": jnp.array([1.0])}
       >>> u, s = tx.update({"w": jnp.array([1.0])}, tx.init(p), p)
-      >>> optax.apply_updates(p, u)["w"].tolist()
-      [0.45]
+      >>> optax.apply_updates(p, u)["w"].tolist()  # 1 - 0.5 * (1 + 0.5 * 1)
+      [0.25]
     """
     c.check_kernel_flags({"foreach": foreach, "differentiable": differentiable, "fused": fused})
     c.check_lr(lr)
