@@ -8,6 +8,12 @@ import jax
 import numpy as np
 
 from jaxreg._tree import leaf_paths, path_str
+from parity.trajectories import (  # noqa: F401
+    optax_trajectory,
+    random_grads,
+    rel_err,
+    torch_trajectory,
+)
 
 # Tolerances, per dtype. float64: every test compares the same arithmetic done by two
 # implementations, so differences are a few ULPs of the values compared (eps64 ~ 2.2e-16);
@@ -50,61 +56,6 @@ def max_abs_diff(a: Any, b: Any) -> float:
     )
 
 
-def random_grads(
-    shapes: list[tuple[int, ...]], steps: int, seed: int = 0
-) -> list[list[np.ndarray]]:
-    """``steps`` lists of float64 gradients, one per shape (exact zeros sprinkled in)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(steps):
-        gs = []
-        for s in shapes:
-            g = rng.normal(size=s)
-            g[rng.random(s) < 0.1] = 0.0
-            gs.append(g)
-        out.append(gs)
-    return out
-
-
-def torch_trajectory(make_opt, params0, grads_seq, dtype="float64", scheduler=None):
-    """Run a torch optimizer on fixed gradients; return the final parameters as numpy.
-
-    ``make_opt(list_of_tensors) -> optimizer``; ``scheduler(opt) -> lr_scheduler`` or None
-    (stepped once after every ``optimizer.step()``).
-    """
-    import torch
-
-    tdtype = getattr(torch, dtype)
-    ps = [torch.tensor(np.asarray(p), dtype=tdtype, requires_grad=True) for p in params0]
-    opt = make_opt(ps)
-    sched = scheduler(opt) if scheduler else None
-    for grads in grads_seq:
-        for p, g in zip(ps, grads):
-            p.grad = torch.tensor(np.asarray(g), dtype=tdtype)
-        opt.step()
-        if sched is not None:
-            sched.step()
-    return [p.detach().numpy().copy() for p in ps], opt
-
-
-def optax_trajectory(tx, params0, grads_seq, dtype="float64"):
-    """Run an Optax transform (jitted) on fixed gradients; return the final parameter list."""
-    import jax.numpy as jnp
-    import optax
-
-    params = [jnp.asarray(p, dtype) for p in params0]
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    for grads in grads_seq:
-        params, state = step(params, state, [jnp.asarray(g, dtype) for g in grads])
-    return [np.asarray(p) for p in params], state
-
-
 class float32_mode:
     """Context: JAX with x64 off, as a float32 user runs it (restores x64 after)."""
 
@@ -114,13 +65,3 @@ class float32_mode:
 
     def __exit__(self, *exc):
         jax.config.update("jax_enable_x64", self._old)
-
-
-def rel_err(out: list, ref: list) -> float:
-    """max |Δp| over all leaves, relative to the parameter scale max |p_ref|."""
-    scale = max(float(np.max(np.abs(np.asarray(r, np.float64)), initial=0.0)) for r in ref)
-    diff = max(
-        float(np.max(np.abs(np.asarray(o, np.float64) - np.asarray(r, np.float64)), initial=0.0))
-        for o, r in zip(out, ref)
-    )
-    return diff / max(scale, 1e-300)

@@ -10,18 +10,12 @@ import optax
 import pytest
 import torch
 from helpers import assert_trees_close, optax_trajectory, random_grads, torch_trajectory
-from registry import MATRIX_SHAPES, SHAPES, SPECS
 
 from jaxreg import masks, optim
+from parity.optim_registry import MATRIX_SHAPES, SHAPES, SPECS
+from parity.trajectories import params0
 
 SPEC = {s.name: s for s in SPECS}
-
-
-def _params0(shapes):
-    rng = np.random.default_rng(1)
-    ps = [rng.normal(size=s) for s in shapes]
-    ps[0].flat[0] = 0.0
-    return ps
 
 
 # --- schedules --------------------------------------------------------------------------
@@ -60,12 +54,12 @@ def test_schedule_matches_torch_lr_scheduler(name, kwargs, sched):
     grads = random_grads(spec.shapes, 120)
     ref, _ = torch_trajectory(
         lambda ps: spec.torch_cls(ps, **kwargs),
-        _params0(spec.shapes),
+        params0(spec.shapes),
         grads,
         scheduler=torch_sched,
     )
     jkw = {**kwargs, "lr": optax_sched(kwargs["lr"])}
-    out, _ = optax_trajectory(spec.jax_fn(**jkw), _params0(spec.shapes), grads)
+    out, _ = optax_trajectory(spec.jax_fn(**jkw), params0(spec.shapes), grads)
     assert_trees_close(out, ref, atol=1e-12)
 
 
@@ -85,12 +79,12 @@ def test_weight_decay_mask_matches_torch_param_groups(spec):
             **kwargs,
         )
 
-    ref, _ = torch_trajectory(make, _params0(SHAPES), grads)
+    ref, _ = torch_trajectory(make, params0(SHAPES), grads)
     tx = spec.jax_fn(**kwargs, weight_decay_mask=masks.min_ndim(2))
-    out, _ = optax_trajectory(tx, _params0(SHAPES), grads)
+    out, _ = optax_trajectory(tx, params0(SHAPES), grads)
     assert_trees_close(out, ref)
     # ... and the mask matters: decaying everything ends elsewhere.
-    everything, _ = optax_trajectory(spec.jax_fn(**kwargs), _params0(SHAPES), grads)
+    everything, _ = optax_trajectory(spec.jax_fn(**kwargs), params0(SHAPES), grads)
     assert max(np.max(np.abs(a - b)) for a, b in zip(everything, ref)) > 1e-6
 
 
@@ -101,11 +95,11 @@ def test_muon_weight_decay_mask_with_prefix_bool_list():
         lambda ps: torch.optim.Muon(
             [{"params": [ps[0], ps[2]]}, {"params": [ps[1]], "weight_decay": 0.0}], **kw
         ),
-        _params0(MATRIX_SHAPES),
+        params0(MATRIX_SHAPES),
         grads,
     )
     out, _ = optax_trajectory(
-        optim.muon(**kw, weight_decay_mask=[True, False, True]), _params0(MATRIX_SHAPES), grads
+        optim.muon(**kw, weight_decay_mask=[True, False, True]), params0(MATRIX_SHAPES), grads
     )
     assert_trees_close(out, ref)
 
@@ -113,7 +107,7 @@ def test_muon_weight_decay_mask_with_prefix_bool_list():
 def test_multi_transform_matches_two_torch_optimizers():
     """AdamW on matrices and SGD+momentum on the rest == two torch optimizers."""
     grads = random_grads(SHAPES, 50)
-    p0 = _params0(SHAPES)
+    p0 = params0(SHAPES)
     ts = [torch.tensor(p, requires_grad=True) for p in p0]
     opt_a = torch.optim.AdamW([ts[0], ts[3]], lr=0.01, weight_decay=0.2)
     opt_b = torch.optim.SGD([ts[1], ts[2]], lr=0.05, momentum=0.9)
@@ -240,6 +234,6 @@ def test_defaults_match_torch(spec):
 @pytest.mark.parametrize("flag", ["foreach", "fused", "capturable", "differentiable"])
 def test_kernel_flags_are_accepted_and_change_nothing(flag):
     grads = random_grads(SHAPES, 20)
-    base, _ = optax_trajectory(optim.adam(lr=0.01), _params0(SHAPES), grads)
-    flagged, _ = optax_trajectory(optim.adam(lr=0.01, **{flag: True}), _params0(SHAPES), grads)
+    base, _ = optax_trajectory(optim.adam(lr=0.01), params0(SHAPES), grads)
+    flagged, _ = optax_trajectory(optim.adam(lr=0.01, **{flag: True}), params0(SHAPES), grads)
     assert_trees_close(flagged, base, atol=0.0)

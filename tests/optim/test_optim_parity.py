@@ -18,7 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import float32_mode, optax_trajectory, random_grads, rel_err, torch_trajectory
-from registry import grid_points
+
+from parity.optim_registry import grid_points
+from parity.trajectories import params0
 
 F64_REL = 1e-12
 F32_NOISE_FACTOR = 4.0
@@ -31,15 +33,8 @@ IDS = [p[2] for p in POINTS]
 MEASURED: dict[str, dict[str, float]] = {}
 
 
-def _params0(shapes):
-    rng = np.random.default_rng(1)
-    ps = [rng.normal(size=s) for s in shapes]
-    ps[0].flat[0] = 0.0  # a parameter that starts at exactly zero
-    return ps
-
-
 def _run(spec, kwargs, dtype):
-    p0, grads = _params0(spec.shapes), random_grads(spec.shapes, STEPS)
+    p0, grads = params0(spec.shapes), random_grads(spec.shapes, STEPS)
     ref, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, dtype=dtype)
     out, _ = optax_trajectory(spec.jax_fn(**kwargs), p0, grads, dtype=dtype)
     return out, ref
@@ -56,7 +51,7 @@ def test_float64_trajectory_equals_torch(spec, kwargs, pid):
 
 @pytest.mark.parametrize("spec,kwargs,pid", POINTS, ids=IDS)
 def test_float32_trajectory_within_float32_noise(spec, kwargs, pid):
-    p0, grads = _params0(spec.shapes), random_grads(spec.shapes, STEPS)
+    p0, grads = params0(spec.shapes), random_grads(spec.shapes, STEPS)
     ref64, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, "float64")
     ref32, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, "float32")
     with float32_mode():

@@ -1,0 +1,298 @@
+"""Moving between torch.optim and jaxreg.optim: optimizers and optimizer state.
+
+Nothing here imports torch: the functions take live torch objects, read them through
+their own methods, and create tensors with the module those objects came from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxreg._decay import ScheduleState
+from jaxreg._tree import leaf_paths, path_str
+from jaxreg.optim._adafactor import AdafactorState, adafactor
+from jaxreg.optim._adam import AdamaxState, AdamState, NAdamState, adam, adamax, adamw, nadam, radam
+from jaxreg.optim._asgd import ASGDState, asgd
+from jaxreg.optim._muon import MuonState, muon
+from jaxreg.optim._rms import AdadeltaState, AdagradState, RMSpropState, adadelta, adagrad, rmsprop
+from jaxreg.optim._sgd import SGDState, sgd
+
+_FACTORIES = {
+    "SGD": sgd, "Adam": adam, "AdamW": adamw, "RMSprop": rmsprop, "Adagrad": adagrad,
+    "Adadelta": adadelta, "Adamax": adamax, "NAdam": nadam, "RAdam": radam, "ASGD": asgd,
+    "Adafactor": adafactor, "Muon": muon,
+}  # fmt: skip
+_CORE_STATES = (
+    SGDState, AdamState, AdamaxState, NAdamState, RMSpropState, AdagradState, AdadeltaState,
+    ASGDState, AdafactorState, MuonState,
+)  # fmt: skip
+_SCALAR_FIELDS = ("mu_product", "eta", "mu")  # per-param 0-d tensors in torch
+_FROZEN = "frozen"
+
+
+def _factory(torch_optimizer: Any):
+    name = type(torch_optimizer).__name__
+    if name not in _FACTORIES:
+        raise ValueError(
+            f"from_torch: no jaxreg.optim equivalent for {name}; supported: "
+            f"{', '.join(sorted(_FACTORIES))}"
+        )
+    return _FACTORIES[name]
+
+
+def _group_kwargs(factory, group: dict) -> dict:
+    accepted = inspect.signature(factory).parameters
+    out = {}
+    for key, value in group.items():
+        if key == "params" or key not in accepted:
+            continue
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            value = value.item()  # tensor lr / betas
+        if isinstance(value, tuple):
+            value = tuple(v.item() if hasattr(v, "item") else v for v in value)
+        out[key] = value
+    return out
+
+
+def _leaf_index(torch_optimizer: Any, params: Any, paths: list[str] | None) -> list[list[int]]:
+    """For each torch param group, the jax leaf index of each of its parameters."""
+    leaves = jax.tree.leaves(params)
+    names = [path_str(p) for p in leaf_paths(params)]
+    groups = [list(g["params"]) for g in torch_optimizer.param_groups]
+    n_torch = sum(len(g) for g in groups)
+    if paths is None:
+        if n_torch != len(leaves):
+            raise ValueError(
+                f"the torch optimizer has {n_torch} parameters but params has {len(leaves)} "
+                "leaves; pass paths=[...] naming the jax leaf of each torch parameter"
+            )
+        flat = list(range(n_torch))
+    else:
+        paths = list(paths)
+        if len(paths) != n_torch:
+            raise ValueError(f"paths names {len(paths)} leaves for {n_torch} torch parameters")
+        missing = [p for p in paths if p not in names]
+        if missing:
+            raise ValueError(f"paths not found in params: {missing}; params has {names}")
+        flat = [names.index(p) for p in paths]
+    out, k = [], 0
+    bad = []
+    for g in groups:
+        idx = flat[k : k + len(g)]
+        for t, i in zip(g, idx):
+            if tuple(t.shape) != tuple(np.shape(leaves[i])):
+                bad.append(
+                    f"{names[i]}: jax {tuple(np.shape(leaves[i]))} vs torch {tuple(t.shape)}"
+                )
+        out.append(idx)
+        k += len(g)
+    if bad:
+        raise ValueError("parameter shapes do not fit: " + "; ".join(bad))
+    return out
+
+
+def from_torch(
+    torch_optimizer: Any, params: Any, paths: list[str] | None = None, lr: Any = None
+) -> optax.GradientTransformation:
+    """The jaxreg.optim transform equivalent to a live ``torch.optim`` optimizer.
+
+    Every param group becomes the matching ``jaxreg.optim`` factory called with that
+    group's hyperparameters (several groups: an ``optax.multi_transform``); leaves of
+    ``params`` in no group are frozen (``optax.set_to_zero``), as torch leaves
+    parameters outside the optimizer untouched.
+
+    Args:
+      torch_optimizer: e.g. ``torch.optim.AdamW(model.parameters(), ...)``.
+      params: the JAX parameter tree the transform will update.
+      paths: for each torch parameter (group by group, in order), the "/"-joined path
+        of its leaf in ``params``; default: the leaves of ``params`` in
+        ``jax.tree.leaves`` order are the torch parameters in order. Shapes must match.
+      lr: optional learning rate or Optax schedule replacing every group's current
+        ``lr`` (torch schedulers are separate objects and are not read).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: for an optimizer class without an equivalent, or parameters that do
+        not fit (the message lists them).
+    """
+    factory = _factory(torch_optimizer)
+    index = _leaf_index(torch_optimizer, params, paths)
+    txs = []
+    for group in torch_optimizer.param_groups:
+        kw = _group_kwargs(factory, group)
+        if lr is not None:
+            kw["lr"] = lr
+        txs.append(factory(**kw))
+    n = len(jax.tree.leaves(params))
+    labels = [_FROZEN] * n
+    for gi, idx in enumerate(index):
+        for i in idx:
+            labels[i] = f"group{gi}"
+    if len(txs) == 1 and _FROZEN not in labels:
+        return txs[0]
+    transforms = {f"group{gi}": tx for gi, tx in enumerate(txs)}
+    if _FROZEN in labels:
+        transforms[_FROZEN] = optax.set_to_zero()
+    treedef = jax.tree.structure(params)
+    return optax.multi_transform(transforms, jax.tree.unflatten(treedef, labels))
+
+
+def _torch_step(state: dict, step: int | None) -> int:
+    if step is not None:
+        return int(step)
+    for s in state.values():
+        if "step" in s:
+            return int(float(s["step"]))
+    return 1 if any(state.values()) else 0
+
+
+def _walk(state: Any, fn_core, fn_count, label: str | None = None) -> Any:
+    """Rebuild an Optax state tree, converting jaxreg core states and counters."""
+    if isinstance(state, _CORE_STATES):
+        return fn_core(state, label)
+    if isinstance(state, ScheduleState):
+        return fn_count(state, label)
+    if isinstance(state, optax.MultiTransformState):
+        inner = {k: _walk(v, fn_core, fn_count, k) for k, v in state.inner_states.items()}
+        return state._replace(inner_states=inner)
+    if hasattr(state, "_fields"):  # any other NamedTuple (MaskedState, EmptyState, ...)
+        return type(state)(*(_walk(v, fn_core, fn_count, label) for v in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(_walk(v, fn_core, fn_count, label) for v in state)
+    return state
+
+
+def _group_of(label: str | None) -> int | None:
+    if label is None:
+        return 0
+    return int(label[5:]) if label.startswith("group") else None
+
+
+def _is_masked(x: Any) -> bool:
+    return type(x).__name__ == "MaskedNode"
+
+
+def _index_tree(params: Any) -> Any:
+    treedef = jax.tree.structure(params)
+    return jax.tree.unflatten(treedef, list(range(treedef.num_leaves)))
+
+
+def state_from_torch(
+    torch_optimizer: Any,
+    tx: optax.GradientTransformation,
+    params: Any,
+    paths: list[str] | None = None,
+    step: int | None = None,
+) -> Any:
+    """Optax state for ``tx`` (from :func:`from_torch` or the matching ``jaxreg.optim``
+    factory) holding a torch optimizer's state, so training continues on the same path.
+
+    Args:
+      torch_optimizer: the live torch optimizer (its ``state`` is read).
+      tx: the jaxreg transform that will continue the run.
+      params: the JAX parameters (current values), as for :func:`from_torch`.
+      paths: as for :func:`from_torch`.
+      step: steps taken so far. Read from torch's ``state['step']``; SGD and Muon keep
+        none, so pass it when an ``lr`` schedule must resume at the right position.
+
+    Returns:
+      The state to pass to ``tx.update`` next.
+    """
+    index = _leaf_index(torch_optimizer, params, paths)
+    groups = [list(g["params"]) for g in torch_optimizer.param_groups]
+    by_leaf: dict[int, tuple[int, Any]] = {}
+    for gi, (g, idx) in enumerate(zip(groups, index)):
+        for t, i in zip(g, idx):
+            by_leaf[i] = (gi, t)
+    tstate = {id(p): torch_optimizer.state.get(p, {}) for g in groups for p in g}
+    count = _torch_step({k: v for k, v in tstate.items()}, step)
+    leaves = jax.tree.leaves(params)
+    itree = _index_tree(params)
+
+    def fill(field_tree, name):
+        def one(x, i):
+            if _is_masked(x):
+                return x
+            value = tstate[id(by_leaf[i][1])].get(name)
+            if value is None:  # torch keeps no entry (e.g. Adafactor's unused factor)
+                return jnp.zeros_like(x)
+            arr = value.detach().cpu().numpy()
+            return jnp.asarray(arr, dtype=jnp.asarray(leaves[i]).dtype).reshape(np.shape(x))
+
+        return jax.tree.map(one, field_tree, itree, is_leaf=_is_masked)
+
+    def fn_core(core, label):
+        gi = _group_of(label)
+        first = next((t for g_i, t in by_leaf.values() if g_i == gi), None)
+        new = {"count": jnp.asarray(count, jnp.int32)}
+        for name in core._fields[1:]:
+            value = getattr(core, name)
+            if name in _SCALAR_FIELDS:
+                s = tstate[id(first)].get(name) if first is not None else None
+                new[name] = value if s is None else jnp.asarray(float(s), value.dtype)
+            elif isinstance(value, tuple) and value == ():
+                new[name] = ()
+            else:
+                new[name] = fill(value, name)
+        return type(core)(**new)
+
+    def fn_count(s, label):
+        return s._replace(count=jnp.asarray(count, jnp.int32))
+
+    return _walk(tx.init(params), fn_core, fn_count)
+
+
+def state_to_torch(
+    opt_state: Any, torch_optimizer: Any, params: Any, paths: list[str] | None = None
+) -> None:
+    """Load a jaxreg.optim state into a live torch optimizer (in place).
+
+    The inverse of :func:`state_from_torch`: afterwards ``torch_optimizer.step()``
+    continues the trajectory the JAX run was on. Copy the parameter values into the
+    torch model separately (e.g. with ``parity.convert``).
+    """
+    index = _leaf_index(torch_optimizer, params, paths)
+    groups = [list(g["params"]) for g in torch_optimizer.param_groups]
+    leaf_to_param = {i: t for g, idx in zip(groups, index) for t, i in zip(g, idx)}
+    any_param = next(iter(leaf_to_param.values()))
+    torch = sys.modules[type(any_param).__module__.split(".")[0]]
+    scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    new_state: dict[int, dict[str, Any]] = {i: {} for i in leaf_to_param}
+    itree = _index_tree(params)
+
+    def fn_core(core, label):
+        count = int(core.count)
+        gi = _group_of(label)
+        members = index[gi] if gi is not None else []
+        for i in members:
+            if not isinstance(core, (SGDState, MuonState)):
+                new_state[i]["step"] = torch.tensor(float(count), dtype=scalar_dtype)
+        for name in core._fields[1:]:
+            value = getattr(core, name)
+            if name in _SCALAR_FIELDS:
+                for i in members:
+                    new_state[i][name] = torch.tensor(float(value), dtype=scalar_dtype)
+                continue
+            if isinstance(value, tuple) and value == ():
+                continue
+            # MaskedNode stands where a leaf belongs to another group: the two align.
+            for x, i in zip(jax.tree.leaves(value, is_leaf=_is_masked), jax.tree.leaves(itree)):
+                if _is_masked(x) or i not in leaf_to_param or np.size(x) == 0:
+                    continue
+                p = leaf_to_param[i]
+                new_state[i][name] = p.new_tensor(np.asarray(x)).reshape(np.shape(x))
+        return core
+
+    _walk(opt_state, fn_core, lambda s, label: s)
+    for i, p in leaf_to_param.items():
+        if new_state[i]:
+            torch_optimizer.state[p] = new_state[i]

@@ -1,0 +1,153 @@
+"""from_torch and the optimizer-state converters: a run moves between frameworks mid-way
+and stays on the same trajectory (reference: the uninterrupted torch run)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from helpers import assert_trees_close, random_grads
+
+from jaxreg import optim
+from parity.optim_registry import MATRIX_SHAPES, SHAPES
+
+CASES = [
+    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1}),
+    (torch.optim.SGD, {"lr": 0.05, "weight_decay": 0.1}),
+    (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True}),
+    (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.3}),
+    (torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5, "centered": True, "weight_decay": 0.1}),
+    (torch.optim.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+    (torch.optim.Adadelta, {"lr": 0.5, "weight_decay": 0.1}),
+    (torch.optim.Adamax, {"lr": 0.01, "weight_decay": 0.1}),
+    (torch.optim.NAdam, {"lr": 0.01, "weight_decay": 0.1}),
+    (torch.optim.RAdam, {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    (torch.optim.ASGD, {"lr": 0.05, "t0": 10.0, "weight_decay": 0.1}),
+    (torch.optim.Adafactor, {"lr": 0.01, "weight_decay": 0.1}),
+    (torch.optim.Muon, {"lr": 0.01}),
+]
+IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(CASES)]
+N = 20
+
+
+def _setup(cls, two_groups):
+    shapes = MATRIX_SHAPES if cls is torch.optim.Muon else SHAPES
+    rng = np.random.default_rng(1)
+    p0 = [rng.normal(size=s) for s in shapes]
+    grads = random_grads(shapes, 2 * N)
+    return shapes, p0, grads
+
+
+def _torch_opt(cls, kwargs, ts, two_groups):
+    if not two_groups:
+        return cls(ts, **kwargs)
+    return cls([{"params": ts[:2]}, {"params": ts[2:], "weight_decay": 0.0}], **kwargs)
+
+
+def _torch_steps(opt, ts, grads):
+    for gs in grads:
+        for t, g in zip(ts, gs):
+            t.grad = torch.tensor(g)
+        opt.step()
+
+
+def _jax_steps(tx, params, state, grads):
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
+    )
+    for gs in grads:
+        params, state = step(params, state, [jnp.asarray(g) for g in gs])
+    return params, state
+
+
+@pytest.mark.parametrize("two_groups", [False, True], ids=["one-group", "two-groups"])
+@pytest.mark.parametrize("cls,kwargs", CASES, ids=IDS)
+def test_torch_to_jax_mid_run(cls, kwargs, two_groups):
+    shapes, p0, grads = _setup(cls, two_groups)
+    # Reference: 2N torch steps.
+    ref_ts = [torch.tensor(p, requires_grad=True) for p in p0]
+    _torch_steps(_torch_opt(cls, kwargs, ref_ts, two_groups), ref_ts, grads)
+    # N torch steps, convert, N jaxreg steps.
+    ts = [torch.tensor(p, requires_grad=True) for p in p0]
+    opt = _torch_opt(cls, kwargs, ts, two_groups)
+    _torch_steps(opt, ts, grads[:N])
+    params = [jnp.asarray(t.detach().numpy()) for t in ts]
+    tx = optim.from_torch(opt, params)
+    state = optim.state_from_torch(opt, tx, params, step=N)
+    params, state = _jax_steps(tx, params, state, grads[N:])
+    assert_trees_close(params, [t.detach().numpy() for t in ref_ts])
+    # The optimizer state agrees too, not only the parameters.
+    ref_opt = _torch_opt(cls, kwargs, ref_ts, two_groups)
+    ref_ts2 = [torch.tensor(p, requires_grad=True) for p in p0]
+    ref_opt = _torch_opt(cls, kwargs, ref_ts2, two_groups)
+    _torch_steps(ref_opt, ref_ts2, grads)
+    ref_state = optim.state_from_torch(ref_opt, tx, params, step=2 * N)
+    assert_trees_close(state, ref_state)
+
+
+@pytest.mark.parametrize("cls,kwargs", CASES, ids=IDS)
+def test_jax_to_torch_mid_run(cls, kwargs):
+    shapes, p0, grads = _setup(cls, False)
+    ref_ts = [torch.tensor(p, requires_grad=True) for p in p0]
+    _torch_steps(cls(ref_ts, **kwargs), ref_ts, grads)
+    # N jaxreg steps, convert to a fresh torch optimizer, N torch steps.
+    ts = [torch.tensor(p, requires_grad=True) for p in p0]
+    opt = cls(ts, **kwargs)
+    tx = optim.from_torch(opt, [jnp.asarray(p) for p in p0])
+    params, state = _jax_steps(tx, [jnp.asarray(p) for p in p0], tx.init(p0), grads[:N])
+    with torch.no_grad():
+        for t, p in zip(ts, params):
+            t.copy_(torch.tensor(np.asarray(p)))
+    optim.state_to_torch(state, opt, params)
+    _torch_steps(opt, ts, grads[N:])
+    assert_trees_close([t.detach().numpy() for t in ts], [t.detach().numpy() for t in ref_ts])
+
+
+def test_from_torch_reads_every_group_and_hyperparameter():
+    ts = [
+        torch.zeros(2, 2, dtype=torch.float64, requires_grad=True),
+        torch.zeros(3, dtype=torch.float64, requires_grad=True),
+    ]
+    opt = torch.optim.AdamW(
+        [{"params": [ts[0]], "lr": 0.1, "betas": (0.8, 0.9)}, {"params": [ts[1]], "eps": 1e-3}],
+        lr=0.01,
+        weight_decay=0.2,
+        amsgrad=True,
+    )
+    params = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3)}
+    tx = optim.from_torch(opt, params, paths=["w", "b"])
+    grads = random_grads([(2, 2), (3,)], 10)
+    for gs in grads:
+        for t, g in zip(ts, gs):
+            t.grad = torch.tensor(g)
+        opt.step()
+    state = tx.init(params)
+    for gs in grads:
+        u, state = tx.update({"w": jnp.asarray(gs[0]), "b": jnp.asarray(gs[1])}, state, params)
+        params = optax.apply_updates(params, u)
+    assert_trees_close([params["w"], params["b"]], [t.detach().numpy() for t in ts])
+
+
+def test_leaves_outside_the_optimizer_are_frozen():
+    ts = [torch.zeros(2, requires_grad=True)]
+    opt = torch.optim.SGD(ts, lr=0.1, weight_decay=0.5)
+    params = {"a": jnp.ones(2), "frozen": jnp.ones(3)}
+    tx = optim.from_torch(opt, params, paths=["a"])
+    u, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    assert float(jnp.abs(u["frozen"]).sum()) == 0.0
+    assert float(jnp.abs(u["a"]).sum()) > 0.0
+
+
+def test_bridge_errors():
+    ts = [torch.zeros(2, 2, requires_grad=True)]
+    with pytest.raises(ValueError, match="has 1 parameters but params has 2 leaves"):
+        optim.from_torch(torch.optim.SGD(ts), [jnp.zeros((2, 2)), jnp.zeros(2)])
+    with pytest.raises(ValueError, match=r"w: jax \(2, 3\) vs torch \(2, 2\)"):
+        optim.from_torch(torch.optim.SGD(ts), {"w": jnp.zeros((2, 3))})
+    with pytest.raises(ValueError, match="paths not found in params"):
+        optim.from_torch(torch.optim.SGD(ts), {"w": jnp.zeros((2, 2))}, paths=["v"])
+    with pytest.raises(ValueError, match="no jaxreg.optim equivalent for LBFGS"):
+        optim.from_torch(torch.optim.LBFGS(ts), [jnp.zeros((2, 2))])
