@@ -4,7 +4,7 @@ Penalties are pure functions of parameter pytrees; decay and proximal steps are
 Optax gradient transformations; :mod:`jaxreg.masks` selects what is regularized.
 """
 
-from jaxreg import masks
+from jaxreg import masks, optim
 from jaxreg._decay import (
     ScheduleState,
     add_l1_decay,
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "masks",
+    "optim",
     "l1_penalty",
     "l2_penalty",
     "elastic_net_penalty",

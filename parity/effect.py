@@ -49,8 +49,8 @@ def _setup(reg: str, lr: float, strength: float):
         return {"l2": strength}, optax.adam(lr)
     if reg == "decay":
         return {}, optax.chain(optax.adam(lr), jaxreg.decoupled_weight_decay(100 * strength, lr))
-    if reg == "prox_l1":
-        return {}, optax.chain(optax.adam(lr), jaxreg.prox_l1(lr * strength, mask=kernels))
+    if reg == "prox_l1":  # threshold lr·α per step, α = 100 × strength: visible sparsity
+        return {}, optax.chain(optax.adam(lr), jaxreg.prox_l1(lr * 100 * strength, mask=kernels))
     raise ValueError(f"unknown regularization {reg!r}")
 
 

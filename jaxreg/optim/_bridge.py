@@ -225,7 +225,9 @@ def state_from_torch(
             value = tstate[id(by_leaf[i][1])].get(name)
             if value is None:  # torch keeps no entry (e.g. Adafactor's unused factor)
                 return jnp.zeros_like(x)
-            arr = value.detach().cpu().numpy()
+            # A copy: .numpy() shares the tensor's memory and jnp.asarray may alias it on
+            # CPU, so torch's in-place updates would otherwise leak into the JAX state.
+            arr = np.array(value.detach().cpu().numpy(), copy=True)
             return jnp.asarray(arr, dtype=jnp.asarray(leaves[i]).dtype).reshape(np.shape(x))
 
         return jax.tree.map(one, field_tree, itree, is_leaf=_is_masked)

@@ -141,6 +141,19 @@ def test_leaves_outside_the_optimizer_are_frozen():
     assert float(jnp.abs(u["a"]).sum()) > 0.0
 
 
+def test_converted_state_does_not_alias_torch_memory():
+    ts = [torch.ones(3, dtype=torch.float64, requires_grad=True)]
+    opt = torch.optim.Adam(ts, lr=0.1)
+    ts[0].grad = torch.ones(3, dtype=torch.float64)
+    opt.step()
+    params = [jnp.ones(3)]
+    tx = optim.from_torch(opt, params)
+    state = optim.state_from_torch(opt, tx, params)
+    before = np.asarray(state.exp_avg[0]).copy()
+    opt.step()  # torch updates its buffers in place
+    np.testing.assert_array_equal(np.asarray(state.exp_avg[0]), before)
+
+
 def test_bridge_errors():
     ts = [torch.zeros(2, 2, requires_grad=True)]
     with pytest.raises(ValueError, match="has 1 parameters but params has 2 leaves"):

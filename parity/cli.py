@@ -1,0 +1,205 @@
+"""The ``python -m parity`` command: train matched PyTorch and Flax models and judge every step.
+
+Exit status: 0 when every case and identity passes, 1 when one fails, 2 on bad
+arguments or a missing dependency (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("mlp", "cnn", "mlp_ln", "cnn_bn")
+OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
+REGS = ("none", "l1", "l2", "wd", "decoupled", "masked", "prox_l1")
+
+QUICK = {
+    "models": ("mlp", "cnn"),
+    "optimizers": ("sgd", "adam"),
+    "regs": ("l1", "l2", "wd", "decoupled", "masked", "prox_l1"),
+    "steps": 60,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit 2
+        self.exit(2, f"parity: error: {message}\n")
+
+
+def _csv(allowed):
+    def parse(text):
+        items = tuple(t.strip() for t in text.split(",") if t.strip())
+        bad = [t for t in items if t not in allowed]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(
+                f"{','.join(bad) or text!r} not in {{{','.join(allowed)}}}"
+            )
+        return items
+
+    return parse
+
+
+def parse_args(argv):
+    p = _Parser(prog="python -m parity", description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=_csv(MODELS), default=None)
+    p.add_argument("--optimizers", type=_csv(OPTIMIZERS), default=None)
+    p.add_argument("--regs", type=_csv(REGS), default=None)
+    p.add_argument("--dtype", choices=("float64", "float32", "both"), default="both")
+    p.add_argument("--steps", type=int, default=None, help="steps per case (default 300)")
+    p.add_argument("--quick", action="store_true", help="a small grid that runs in < 1 minute")
+    p.add_argument("--out", type=Path, default=Path("parity-report"))
+    p.add_argument("--device", choices=("cpu", "gpu", "tpu"), default="cpu")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error("--steps must be at least 1")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    return args
+
+
+def _check_dependencies() -> str | None:
+    missing = []
+    for mod in ("torch", "sklearn", "matplotlib"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        return f'missing {", ".join(missing)}: install the parity extra, pip install -e ".[parity]"'
+    return None
+
+
+def _configure(device: str) -> list[str]:
+    """Set up JAX and torch in this process; return notes for the report."""
+    notes = []
+    if device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import torch
+
+    jax.config.update("jax_enable_x64", True)
+    torch.set_num_threads(1)  # two frameworks on few cores: no oversubscription
+    if device == "gpu":
+        jax.config.update("jax_default_matmul_precision", "highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        notes.append(
+            "GPU: full-precision matmuls forced on both sides "
+            "(jax_default_matmul_precision='highest', torch TF32 off)."
+        )
+    if device == "tpu":
+        jax.config.update("jax_default_matmul_precision", "highest")
+        notes.append("TPU: jax_default_matmul_precision='highest'; torch runs on the CPU.")
+    return notes
+
+
+_DATA = None
+
+
+def _init_worker(device: str) -> None:
+    global _DATA
+    _configure(device)
+    from parity.data import load_digits
+
+    _DATA = load_digits()
+
+
+def _work(case, device):
+    from parity.run import run_case
+
+    return run_case(case, _DATA, device="gpu" if device == "gpu" else "cpu")
+
+
+def _progress(i, n, label, t0):
+    width = 28
+    done = int(width * i / n)
+    sys.stderr.write(
+        f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {time.time() - t0:5.0f}s {label[:60]:60s}"
+    )
+    sys.stderr.flush()
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    problem = _check_dependencies()
+    if problem:
+        sys.stderr.write(f"parity: error: {problem}\n")
+        return 2
+    notes = _configure(args.device)
+    import jax
+
+    if args.device in ("gpu", "tpu") and not any(d.platform == args.device for d in jax.devices()):
+        sys.stderr.write(
+            f"parity: error: --device {args.device} but JAX sees "
+            f"{[d.platform for d in jax.devices()]}\n"
+        )
+        return 2
+    if args.device == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.stderr.write("parity: error: --device gpu but torch sees no CUDA device\n")
+            return 2
+
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from parity.data import load_digits
+    from parity.effect import REGS as EFFECT_REGS
+    from parity.effect import train_effect
+    from parity.identities import run_identities
+    from parity.report import environment, summary_table, text_summary, write_report
+    from parity.run import Case, valid
+
+    grid = QUICK if args.quick else {}
+    models = args.models or grid.get("models", MODELS)
+    opts = args.optimizers or grid.get("optimizers", OPTIMIZERS)
+    regs = args.regs or grid.get("regs", REGS)
+    steps = args.steps or grid.get("steps", 300)
+    dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
+    cases = [
+        Case(m, r, o, dt, steps=steps)
+        for dt in dtypes
+        for m in models
+        for r in regs
+        for o in opts
+        if valid(m, r, o)
+    ]
+    if args.quick and args.dtype == "both":  # float32 on the MLP only, to stay under a minute
+        cases = [c for c in cases if c.dtype == "float64" or c.model == "mlp"]
+    if not cases:
+        sys.stderr.write("parity: error: no valid case in this selection\n")
+        return 2
+
+    t0 = time.time()
+    data = load_digits()
+    print(
+        f"parity: {len(cases)} cases × {steps} steps on scikit-learn digits "
+        f"({len(data.y_train)} train / {len(data.y_test)} test), device {args.device}, "
+        f"{args.workers} worker(s)"
+    )
+    workers = 1 if args.device != "cpu" else args.workers
+    results = []
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args.device,)
+    ) as pool:
+        futures = [pool.submit(_work, c, args.device) for c in cases]
+        for i, (c, f) in enumerate(zip(cases, futures), 1):
+            results.append(f.result())
+            _progress(i, len(cases), f"{c.name} {'PASS' if results[-1].passed else 'FAIL'}", t0)
+    sys.stderr.write("\n")
+    ids = run_identities(data, steps=steps)
+    effect = [train_effect(data, reg, steps=300 if args.quick else 1500) for reg in EFFECT_REGS]
+    env = environment(args.device, notes)
+    written = write_report(args.out, env, results, ids, effect, plots=not args.no_plots)
+    print(summary_table(results))
+    print()
+    print(text_summary(results, ids))
+    print(f"report: {', '.join(str(p) for p in written)} ({time.time() - t0:.0f}s)")
+    ok = all(r.passed for r in results) and all(i.passed for i in ids)
+    return 0 if ok else 1

@@ -1,0 +1,416 @@
+"""run_case: one matched PyTorch-vs-JAX training run, compared at every step."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+
+import jaxreg
+from parity import convert, models
+from parity.data import Digits, batch_indices, load_digits
+
+OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
+REGS = ("none", "l1", "l2", "wd", "decoupled", "masked", "prox_l1")
+DTYPES = ("float64", "float32")
+MUTATIONS = (
+    "decay_factor",  # JAX decay/penalty 1% too strong
+    "l1_abs_grad",  # JAX L1 via jnp.abs: derivative 1 at 0 (torch: 0)
+    "ln_eps",  # Flax LayerNorm's default eps 1e-6 (torch: 1e-5)
+    "flatten_order",  # conv -> dense rows not permuted (C,H,W vs H,W,C)
+    "bn_biased_var",  # Flax-style biased running variance (torch: unbiased)
+    "adamw_default_wd",  # optax.adamw's default weight_decay 1e-4 (torch: 1e-2)
+)
+
+# Hyperparameters. L2 uses the sum-of-squares convention: λΣw² ≡ SGD weight_decay 2λ.
+LR = {"sgd": 0.05, "sgd_nesterov": 0.05, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+L1_ALPHA = 1e-3
+L2_LAMBDA = 1e-3
+COUPLED_WD = 2 * L2_LAMBDA
+DECOUPLED_WD = 1e-2  # torch AdamW's default
+
+# float64: both sides do the same arithmetic; measured drift ≤ 1e-13 relative over 300 steps,
+# while every planted semantic bug shows at ≥ 1e-6 -- 1e-10 separates them with margin.
+F64_TOL = 1e-10
+# float32: jaxreg-vs-torch drift must stay within this factor of torch's own float32 drift
+# (torch-f32 vs torch-f64 on the same case): within float32's own noise.
+F32_NOISE_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    reg: str
+    optimizer: str
+    dtype: str = "float64"
+    steps: int = 300
+    batch_size: int = 64
+    seed: int = 0
+    mutation: str | None = None
+    weight_decay: float | None = None  # overrides the reg's default decay strength
+
+    @property
+    def name(self) -> str:
+        base = f"{self.model}/{self.reg}/{self.optimizer}/{self.dtype}"
+        return base + (f"/mutation={self.mutation}" if self.mutation else "")
+
+
+def valid(model: str, reg: str, optimizer: str) -> bool:
+    """Combinations that exist in both frameworks (decoupled decay is Adam's/AdamW's;
+    AdamW has no coupled weight_decay)."""
+    if reg == "decoupled":
+        return optimizer in ("adam", "adamw")
+    if reg == "wd":
+        return optimizer != "adamw"
+    return True
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    loss_torch: list[float]
+    loss_jax: list[float]
+    dloss: list[float]  # |loss_jax - loss_torch| per step
+    dparam: list[float]  # max relative parameter (and BN statistics) difference per step
+    dparam_layers: dict[str, float]  # per leaf path: max over steps
+    noise: list[float] | None  # float32: torch-f32 vs torch-f64, per step
+    train_acc: dict[str, float]
+    test_acc: dict[str, float]
+    eval_dlogits: float  # max |Δ| of eval-mode logits on the test set, relative
+    tolerance: float
+    passed: bool
+    first_fail_step: int | None
+    worst_leaf: str
+    zero_fraction: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_dloss(self) -> float:
+        return max(self.dloss, default=0.0)
+
+    @property
+    def max_dparam(self) -> float:
+        return max(self.dparam, default=0.0)
+
+    @property
+    def max_noise(self) -> float | None:
+        return None if self.noise is None else max(self.noise, default=0.0)
+
+    def summary(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("case",)}
+        d.update(case=self.case.name, **{f"case_{k}": v for k, v in asdict(self.case).items()})
+        d.update(max_dloss=self.max_dloss, max_dparam=self.max_dparam, max_noise=self.max_noise)
+        return d
+
+
+# --- the torch side, written as a PyTorch user writes it ------------------------------
+
+
+def _decay_strength(case: Case) -> float:
+    if case.reg not in ("wd", "masked", "decoupled"):
+        return 0.0
+    if case.weight_decay is not None:
+        return case.weight_decay
+    decoupled = case.reg == "decoupled" or (case.optimizer == "adamw" and case.reg == "masked")
+    return DECOUPLED_WD if decoupled else COUPLED_WD
+
+
+def _torch_optimizer(case: Case, model: torch.nn.Module) -> torch.optim.Optimizer:
+    lr, reg, opt = LR[case.optimizer], case.reg, case.optimizer
+    wd = _decay_strength(case)
+    if reg == "masked":  # the usual "no decay on biases and norms" param groups
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        params = model.parameters()
+    if opt == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if opt == "sgd_nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    if opt == "adam":
+        return torch.optim.Adam(
+            params, lr=lr, weight_decay=wd, decoupled_weight_decay=reg == "decoupled"
+        )
+    if opt == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if opt == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    raise ValueError(f"unknown optimizer {opt!r}")
+
+
+def _torch_step(case, model, opt, x, y) -> float:
+    model.train()
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    if case.reg == "l1":
+        loss = loss + L1_ALPHA * sum(p.abs().sum() for p in model.parameters())
+    if case.reg == "l2":
+        loss = loss + L2_LAMBDA * sum(p.pow(2).sum() for p in model.parameters())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if case.reg == "prox_l1":  # proximal L1: soft-threshold after the step
+        thr = LR[case.optimizer] * L1_ALPHA
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.sign() * (p.abs() - thr).clamp(min=0))
+    return loss.item()
+
+
+# --- the JAX side, with jaxreg ---------------------------------------------------------
+
+
+def _jax_optimizer(case: Case) -> optax.GradientTransformation:
+    lr, reg, opt = LR[case.optimizer], case.reg, case.optimizer
+    wd = _decay_strength(case) * (1.01 if case.mutation == "decay_factor" else 1.0)
+    if opt == "adamw" and case.mutation == "adamw_default_wd":
+        wd = 1e-4
+    mask = jaxreg.masks.min_ndim(2) if reg == "masked" else None
+    o = jaxreg.optim
+    if opt == "sgd":
+        tx = o.sgd(lr=lr, weight_decay=wd, weight_decay_mask=mask)
+    elif opt == "sgd_nesterov":
+        tx = o.sgd(lr=lr, momentum=0.9, nesterov=True, weight_decay=wd, weight_decay_mask=mask)
+    elif opt == "adam":
+        tx = o.adam(
+            lr=lr,
+            weight_decay=wd,
+            decoupled_weight_decay=reg == "decoupled",
+            weight_decay_mask=mask,
+        )
+    elif opt == "adamw":
+        tx = o.adamw(lr=lr, weight_decay=wd, weight_decay_mask=mask)
+    elif opt == "rmsprop":
+        tx = o.rmsprop(lr=lr, weight_decay=wd, weight_decay_mask=mask)
+    else:
+        raise ValueError(f"unknown optimizer {opt!r}")
+    if reg == "prox_l1":
+        tx = optax.chain(tx, jaxreg.prox_l1(lr * L1_ALPHA))
+    return tx
+
+
+def _jax_loss(case: Case, model, has_bn: bool):
+    def data_loss(params, batch_stats, x, y):
+        if has_bn:
+            logits, new = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            batch_stats = new["batch_stats"]
+        else:
+            logits = model.apply({"params": params}, x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, batch_stats
+
+    factor = 1.01 if case.mutation == "decay_factor" else 1.0
+    if case.reg == "l1" and case.mutation == "l1_abs_grad":
+
+        def loss_fn(params, batch_stats, x, y):  # the naive port: jnp.abs, grad 1 at 0
+            loss, aux = data_loss(params, batch_stats, x, y)
+            return loss + L1_ALPHA * sum(jnp.abs(p).sum() for p in jax.tree.leaves(params)), aux
+
+        return loss_fn
+    if case.reg == "l1":
+        return jaxreg.regularized(data_loss, l1=L1_ALPHA * factor)
+    if case.reg == "l2":
+        return jaxreg.regularized(data_loss, l2=L2_LAMBDA * factor)
+    return data_loss
+
+
+# --- comparison ------------------------------------------------------------------------
+
+
+def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max(|b|, rms(b)) -- relative, with a floor at the leaf's RMS."""
+    b = np.asarray(b, np.float64)
+    a = np.asarray(a, np.float64)
+    rms = float(np.sqrt(np.mean(b * b))) if b.size else 0.0
+    denom = np.maximum(np.abs(b), max(rms, 1e-300))
+    return float(np.max(np.abs(a - b) / denom, initial=0.0))
+
+
+def _flat_vars(variables: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for coll, tree in variables.items():
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            out["/".join([coll, *(str(getattr(k, "key", k)) for k in path)])] = np.asarray(leaf)
+    return out
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, -1) == y))
+
+
+def _torch_snapshot(model, layers) -> dict[str, np.ndarray]:
+    """torch's parameters and BN statistics in Flax layout, keyed like :func:`_flat_vars`."""
+    out = {}
+    for coll, tree in convert.torch_to_flax(model.state_dict(), layers).items():
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            out["/".join([coll, *(str(getattr(k, "key", k)) for k in path)])] = leaf
+    return out
+
+
+@dataclass
+class History:
+    """One framework's trajectory: the loss and a snapshot of every variable per step."""
+
+    losses: list[float]
+    snapshots: list[dict[str, np.ndarray]]  # Flax layout, keys like "params/fc1/kernel"
+    predict: Any  # x (N, 8, 8) -> logits, eval mode, with the final weights
+
+
+def _setup(case: Case, data: Digits, device: str):
+    if case.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("float64 cases need jax_enable_x64 (set before arrays are created)")
+    tdev = torch.device("cuda" if device == "gpu" else "cpu")
+    tmodel = models.torch_model(case.model, case.seed).to(tdev, getattr(torch, case.dtype))
+    idx = batch_indices(len(data.y_train), case.batch_size, case.steps, case.seed)
+    return tdev, tmodel, idx
+
+
+def torch_history(
+    case: Case, data: Digits, device: str = "cpu", dtype: str | None = None
+) -> History:
+    """Train the torch model of ``case`` (optionally in another dtype, from the same
+    initial weights) and record loss and parameters after every step."""
+    tdev, tmodel, idx = _setup(case, data, device)
+    tdtype = getattr(torch, dtype or case.dtype)
+    tmodel = tmodel.to(tdtype)
+    opt = _torch_optimizer(case, tmodel)
+    x_all = torch.tensor(models.torch_input(data.x_train), device=tdev, dtype=tdtype)
+    y_all = torch.tensor(data.y_train, device=tdev)
+    layers = models.layers(case.model)
+    losses, snaps = [], []
+    for batch in idx:
+        b = torch.tensor(batch, device=tdev)
+        losses.append(_torch_step(case, tmodel, opt, x_all[b], y_all[b]))
+        snaps.append(_torch_snapshot(tmodel, layers))
+
+    def predict(x):
+        tmodel.eval()
+        with torch.no_grad():
+            xt = torch.tensor(models.torch_input(x), device=tdev, dtype=tdtype)
+            return tmodel(xt).cpu().numpy()
+
+    return History(losses, snaps, predict)
+
+
+def jax_history(case: Case, data: Digits, device: str = "cpu") -> History:
+    """Train the Flax twin with jaxreg from the torch model's initial weights."""
+    _, tmodel, idx = _setup(case, data, device)
+    jdtype = jnp.dtype(case.dtype)
+    layers = models.layers(case.model)
+    if case.mutation == "flatten_order":
+        layers = [
+            convert.Linear(layer.torch_name, layer.flax_name)
+            if isinstance(layer, convert.Linear)
+            else layer
+            for layer in layers
+        ]
+    overrides = {}
+    if case.mutation == "ln_eps" and case.model == "mlp_ln":
+        overrides["ln_epsilon"] = 1e-6
+    if case.mutation == "bn_biased_var" and case.model == "cnn_bn":
+        overrides["unbiased_running_var"] = False
+    fmodel = models.flax_model(case.model, jdtype, **overrides)
+    x_all = np.asarray(models.flax_input(data.x_train), jdtype)  # sliced in numpy
+    template = fmodel.init(jax.random.key(0), jnp.asarray(x_all[:2]), train=False)
+    variables = convert.torch_to_flax(tmodel.state_dict(), layers, template)
+    has_bn = "batch_stats" in variables
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    tx = _jax_optimizer(case)
+    loss_fn = _jax_loss(case, fmodel, has_bn)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch_stats, x, y):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, x, y
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, batch_stats, loss
+
+    losses, snaps = [], []
+    for batch in idx:
+        params, opt_state, batch_stats, loss = step(
+            params, opt_state, batch_stats, x_all[batch], data.y_train[batch]
+        )
+        losses.append(float(loss))
+        snaps.append(
+            _flat_vars({"params": params, **({"batch_stats": batch_stats} if has_bn else {})})
+        )
+
+    def predict(x):
+        v = {"params": params, **({"batch_stats": batch_stats} if has_bn else {})}
+        return np.asarray(fmodel.apply(v, jnp.asarray(models.flax_input(x), jdtype), train=False))
+
+    return History(losses, snaps, predict)
+
+
+def trajectory_diff(a: History, b: History) -> tuple[list[float], dict[str, float]]:
+    """Per step, the max relative difference over all variables; per leaf, over all steps."""
+    per_step, per_leaf = [], {}
+    for sa, sb in zip(a.snapshots, b.snapshots):
+        worst = 0.0
+        for k, vb in sb.items():
+            d = _rel_diff(sa[k], vb)
+            per_leaf[k] = max(per_leaf.get(k, 0.0), d)
+            worst = max(worst, d)
+        per_step.append(worst)
+    return per_step, per_leaf
+
+
+def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> CaseResult:
+    """Train the torch model and its Flax twin from the same weights on the same batches.
+
+    Returns:
+      A :class:`CaseResult` with the per-step trajectories (losses, max relative
+      parameter and BatchNorm-statistics difference overall and per leaf, the float32
+      noise floor) and the verdict against the case's tolerance.
+    """
+    data = data or load_digits()
+    ht = torch_history(case, data, device)
+    hj = jax_history(case, data, device)
+    dparam, per_leaf = trajectory_diff(hj, ht)
+    noise = None
+    if case.dtype != "float64":  # torch in float64 from the same weights: float32's noise
+        noise, _ = trajectory_diff(ht, torch_history(case, data, device, dtype="float64"))
+    tr_t, tr_j = ht.predict(data.x_train), hj.predict(data.x_train)
+    te_t, te_j = ht.predict(data.x_test), hj.predict(data.x_test)
+    eval_dlogits = _rel_diff(te_j, te_t)
+    if case.dtype == "float64":
+        tol = F64_TOL
+    else:
+        tol = F32_NOISE_FACTOR * max(max(noise, default=0.0), float(np.finfo(np.float32).eps))
+    fails = [i for i, d in enumerate(dparam) if d > tol]
+    zeros = {
+        name: float(
+            np.mean([np.mean(v == 0) for k, v in h.snapshots[-1].items() if k.startswith("params")])
+        )
+        for name, h in (("torch", ht), ("jax", hj))
+    }
+    return CaseResult(
+        case=case,
+        loss_torch=ht.losses,
+        loss_jax=hj.losses,
+        dloss=[abs(a - b) for a, b in zip(hj.losses, ht.losses)],
+        dparam=dparam,
+        dparam_layers=per_leaf,
+        noise=noise,
+        train_acc={"torch": _accuracy(tr_t, data.y_train), "jax": _accuracy(tr_j, data.y_train)},
+        test_acc={"torch": _accuracy(te_t, data.y_test), "jax": _accuracy(te_j, data.y_test)},
+        eval_dlogits=eval_dlogits,
+        tolerance=float(tol),
+        passed=not fails and eval_dlogits <= tol,
+        first_fail_step=(fails[0] + 1) if fails else None,
+        worst_leaf=max(per_leaf, key=per_leaf.get) if per_leaf else "",
+        zero_fraction=zeros,
+    )
