@@ -15,6 +15,14 @@ from pathlib import Path
 MODELS = ("mlp", "cnn", "mlp_ln", "cnn_bn")
 OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
 REGS = ("none", "l1", "l2", "wd", "decoupled", "masked", "prox_l1")
+MUTATIONS = (
+    "decay_factor",
+    "l1_abs_grad",
+    "ln_eps",
+    "flatten_order",
+    "bn_biased_var",
+    "adamw_default_wd",
+)
 
 QUICK = {
     "models": ("mlp", "cnn"),
@@ -54,6 +62,12 @@ def parse_args(argv):
     p.add_argument("--device", choices=("cpu", "gpu", "tpu"), default="cpu")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--mutation",
+        choices=MUTATIONS,
+        default=None,
+        help="plant a known bug on the JAX side: the suite must FAIL",
+    )
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
@@ -163,7 +177,7 @@ def main(argv=None) -> int:
     steps = args.steps or grid.get("steps", 300)
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     cases = [
-        Case(m, r, o, dt, steps=steps)
+        Case(m, r, o, dt, steps=steps, mutation=args.mutation)
         for dt in dtypes
         for m in models
         for r in regs

@@ -53,14 +53,19 @@ class Linear(Layer):
 
 @dataclass(frozen=True)
 class Conv2d(Layer):
+    bias: bool = True
+
     def to_flax(self, get):
-        return {"params": {"kernel": get("weight").transpose(2, 3, 1, 0), "bias": get("bias")}}
+        out = {"kernel": get("weight").transpose(2, 3, 1, 0)}
+        if self.bias:
+            out["bias"] = get("bias")
+        return {"params": out}
 
     def to_torch(self, get):
-        return {
-            "weight": get("params", "kernel").transpose(3, 2, 0, 1),
-            "bias": get("params", "bias"),
-        }
+        out = {"weight": get("params", "kernel").transpose(3, 2, 0, 1)}
+        if self.bias:
+            out["bias"] = get("params", "bias")
+        return out
 
 
 @dataclass(frozen=True)

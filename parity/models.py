@@ -38,7 +38,9 @@ class TorchMLP(torch.nn.Module):
 class TorchCNN(torch.nn.Module):
     def __init__(self, batchnorm: bool = False):
         super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, CONV1, 3, padding=1)
+        # A conv feeding BatchNorm has no bias (BN removes it; its gradient is exactly zero,
+        # so both frameworks would feed pure round-off noise to Adam, which normalizes it).
+        self.conv1 = torch.nn.Conv2d(1, CONV1, 3, padding=1, bias=not batchnorm)
         self.bn1 = torch.nn.BatchNorm2d(CONV1) if batchnorm else None
         self.conv2 = torch.nn.Conv2d(CONV1, CONV2, 3, padding=1)
         self.fc = torch.nn.Linear(CONV2 * 4 * 4, 10)
@@ -124,7 +126,7 @@ class FlaxCNN(nn.Module):
     def __call__(self, x, train: bool = True):  # x: (N, 8, 8, 1)
         kw = dict(dtype=self.dtype, param_dtype=self.dtype)
         pad = ((1, 1), (1, 1))  # torch padding=1; never "SAME"
-        x = nn.Conv(CONV1, (3, 3), padding=pad, name="conv1", **kw)(x)
+        x = nn.Conv(CONV1, (3, 3), padding=pad, use_bias=not self.batchnorm, name="conv1", **kw)(x)
         if self.batchnorm:
             x = TorchBatchNorm(
                 CONV1, unbiased_running_var=self.unbiased_running_var, dtype=self.dtype, name="bn1"
@@ -149,7 +151,7 @@ def layers(name: str):
         if name == "mlp_ln":
             spec.append(LayerNorm("ln", "ln"))
         return spec + [Linear("fc2", "fc2")]
-    spec = [Conv2d("conv1", "conv1")]
+    spec = [Conv2d("conv1", "conv1", bias=name != "cnn_bn")]
     if name == "cnn_bn":
         spec.append(BatchNorm("bn1", "bn1"))
     return spec + [Conv2d("conv2", "conv2"), Linear("fc", "fc", chw=(CONV2, 4, 4))]

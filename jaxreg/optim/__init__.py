@@ -9,7 +9,7 @@ trajectory equals torch's to float64 round-off.
 from jaxreg.optim._adafactor import AdafactorState, adafactor
 from jaxreg.optim._adam import AdamaxState, AdamState, NAdamState, adam, adamax, adamw, nadam, radam
 from jaxreg.optim._asgd import ASGDState, asgd
-from jaxreg.optim._bridge import from_torch, state_from_torch, state_to_torch
+from jaxreg.optim._bridge import from_torch, state_from_torch, state_to_torch, state_with
 from jaxreg.optim._muon import MuonState, muon, zeropower_via_newtonschulz
 from jaxreg.optim._rms import AdadeltaState, AdagradState, RMSpropState, adadelta, adagrad, rmsprop
 from jaxreg.optim._sgd import SGDState, sgd
@@ -31,6 +31,7 @@ __all__ = [
     "from_torch",
     "state_from_torch",
     "state_to_torch",
+    "state_with",
     "SGDState",
     "AdamState",
     "AdamaxState",

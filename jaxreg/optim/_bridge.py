@@ -253,6 +253,54 @@ def state_from_torch(
     return _walk(tx.init(params), fn_core, fn_count)
 
 
+def state_with(
+    tx: optax.GradientTransformation,
+    params: Any,
+    count: int,
+    fields: dict[str, Any] | None = None,
+    scalars: dict[str, float] | None = None,
+) -> Any:
+    """The state of a jaxreg.optim transform after ``count`` steps, holding given buffers.
+
+    For moving a state whose buffers are already in the JAX parameters' layout (e.g.
+    converted layer by layer with ``parity.convert``): every jaxreg core state gets
+    ``count`` and the named per-leaf buffers; every schedule counter gets ``count``.
+
+    Args:
+      tx: a ``jaxreg.optim`` transform (chains of jaxreg/Optax blocks included; not an
+        ``optax.multi_transform`` -- use :func:`state_from_torch` for that).
+      params: the parameters (structure, shapes and dtypes of the buffers).
+      count: steps taken so far (torch's ``step``).
+      fields: ``{torch state key: params-shaped tree}``, e.g. ``{"exp_avg": tree}``;
+        buffers not given stay as ``tx.init`` makes them.
+      scalars: ``{name: value}`` for 0-d buffers (``mu_product``, ``eta``, ``mu``).
+
+    Returns:
+      The state to pass to ``tx.update`` next.
+    """
+    fields, scalars = fields or {}, scalars or {}
+
+    def fn_core(core, label):
+        new = {"count": jnp.asarray(count, jnp.int32)}
+        for name in core._fields[1:]:
+            value = getattr(core, name)
+            if name in _SCALAR_FIELDS and name in scalars:
+                value = jnp.asarray(scalars[name], value.dtype)
+            elif name in fields and not (isinstance(value, tuple) and value == ()):
+                value = jax.tree.map(
+                    lambda x, f: jnp.asarray(np.array(f, copy=True), x.dtype).reshape(x.shape),
+                    value,
+                    fields[name],
+                )
+            new[name] = value
+        return type(core)(**new)
+
+    def fn_count(s, label):
+        return s._replace(count=jnp.asarray(count, jnp.int32))
+
+    return _walk(tx.init(params), fn_core, fn_count)
+
+
 def state_to_torch(
     opt_state: Any, torch_optimizer: Any, params: Any, paths: list[str] | None = None
 ) -> None:

@@ -1,0 +1,129 @@
+"""The parity suite end to end: the --quick grid passes, planted bugs FAIL, the CLI's
+exit codes and report files are right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from parity import cli
+from parity.data import load_digits
+from parity.run import MUTATIONS, Case, run_case
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("parity")
+    code = cli.main(["--quick", "--out", str(out)])
+    return code, out
+
+
+def test_quick_grid_passes_and_writes_the_report(quick_report):
+    code, out = quick_report
+    assert code == 0
+    for name in ("report.json", "report.md", "loss_curves.png", "deviation.png", "effect.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["failed"] == 0
+    assert report["environment"]["versions"]["torch"]
+    case = report["cases"][0]
+    for field in (
+        "loss_torch",
+        "loss_jax",
+        "dloss",
+        "dparam",
+        "dparam_layers",
+        "tolerance",
+        "passed",
+        "train_acc",
+        "test_acc",
+    ):
+        assert field in case
+    assert len(case["dparam"]) == cli.QUICK["steps"]
+    f64 = [c for c in report["cases"] if c["case_dtype"] == "float64"]
+    assert max(c["max_dparam"] for c in f64) <= 1e-10
+    f32 = [c for c in report["cases"] if c["case_dtype"] == "float32"]
+    assert f32 and all(c["max_drift"] <= 4 * max(c["max_noise"], 1.2e-7) for c in f32)
+    ids = {(i["name"], i["framework"]): i["passed"] for i in report["identities"]}
+    assert ids[("sgd_l2_is_wd", "torch")] and ids[("sgd_l2_is_wd", "jax")]
+    assert ids[("adam_l2_is_not_decoupled", "jax")]
+
+
+# Each planted bug, on the case where it shows: the suite must flag it (power, not only pass).
+MUTATED = [
+    Case("mlp", "l2", "sgd", steps=10, mutation="decay_factor"),
+    Case("mlp", "wd", "adam", steps=10, mutation="decay_factor"),
+    Case("mlp_ln", "l1", "adam", steps=10, mutation="l1_abs_grad"),
+    Case("mlp_ln", "none", "adam", steps=10, mutation="ln_eps"),
+    Case("cnn", "none", "sgd", steps=10, mutation="flatten_order"),
+    Case("cnn_bn", "none", "sgd", steps=10, mutation="bn_biased_var"),
+    Case("mlp", "decoupled", "adamw", steps=10, mutation="adamw_default_wd"),
+]
+
+
+def test_every_mutation_is_covered():
+    assert {c.mutation for c in MUTATED} == set(MUTATIONS)
+
+
+@pytest.mark.parametrize("case", MUTATED, ids=[c.name for c in MUTATED])
+def test_planted_bug_is_caught(case):
+    data = load_digits()
+    clean = run_case(Case(case.model, case.reg, case.optimizer, steps=case.steps), data)
+    assert clean.passed, f"the clean twin of {case.name} must pass"
+    bad = run_case(case, data)
+    assert not bad.passed
+    assert bad.first_fail_step is not None and bad.first_fail_step <= 2
+    assert bad.max_dparam > 1e3 * clean.max_dparam
+
+
+def test_float32_case_is_judged_against_torch_noise():
+    r = run_case(Case("mlp", "l2", "adam", dtype="float32", steps=20))
+    assert r.passed and r.noise is not None and len(r.noise) == 20 and len(r.drift) == 20
+    assert r.tolerance == pytest.approx(4 * max(max(r.noise), 1.1920928955078125e-07))
+
+
+def test_cli_mutation_fails_with_exit_1(tmp_path):
+    argv = [
+        "--models",
+        "mlp",
+        "--regs",
+        "l2",
+        "--optimizers",
+        "sgd",
+        "--dtype",
+        "float64",
+        "--steps",
+        "5",
+        "--mutation",
+        "decay_factor",
+        "--no-plots",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--models", "resnet"], "'resnet' not in"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--dtype", "float16"], "invalid choice"),
+        (["--regs", "decoupled", "--optimizers", "sgd"], "no valid case"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        code = cli.main(argv + ["--out", "/nonexistent/never-written"])
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_gpu_request_without_gpu_exits_2(capsys):
+    assert cli.main(["--device", "gpu", "--quick", "--out", "/nonexistent/x"]) == 2
+    assert "--device gpu" in capsys.readouterr().err
