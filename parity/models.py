@@ -113,7 +113,9 @@ class FlaxMLP(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.dtype)
         x = nn.Dense(HIDDEN, name="fc1", **kw)(x.reshape((x.shape[0], -1)))
         if self.layernorm:
-            x = nn.LayerNorm(epsilon=self.ln_epsilon, name="ln", **kw)(x)
+            # torch computes the variance as E[(x - mean)^2]; Flax's default "fast variance"
+            # E[x^2] - E[x]^2 cancels catastrophically in float32.
+            x = nn.LayerNorm(epsilon=self.ln_epsilon, use_fast_variance=False, name="ln", **kw)(x)
         return nn.Dense(10, name="fc2", **kw)(nn.relu(x))
 
 

@@ -48,6 +48,12 @@ F64_TOL = 1e-10
 # frameworks' rounding as error; XLA's CPU conv gradients round differently from oneDNN's
 # (measured: up to 3.5x torch's error on the CNN with RMSprop, below torch's on the MLP).
 F32_NOISE_FACTOR = 4.0
+# ... at all but this fraction of steps. A ReLU input within float32 rounding of zero can be
+# decided differently by two equally valid float32 forward passes (measured: mlp_ln/l2/rmsprop
+# step 167, hidden unit 18: torch-f32 = float64 to 1e-9, JAX-f32 on the other side of the
+# kink, 1.2e-3 off). Such isolated steps are listed in the report; a semantic bug exceeds the
+# tolerance at every step.
+F32_MAX_EXCEEDING_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ class CaseResult:
     dparam: list[float]  # max relative parameter (and BN statistics) difference per step
     dparam_layers: dict[str, float]  # per leaf path: max over steps
     # float32, teacher-forced (see forced_step_errors): per step, the single-step error
-    noise: list[float] | None  # ... of torch-f32 against torch-f64
+    noise: list[float] | None  # ... of torch-f32 against torch-f64 (worst batch order)
     drift: list[float] | None  # ... of JAX-f32 against torch-f64
     train_acc: dict[str, float]
     test_acc: dict[str, float]
@@ -96,6 +102,7 @@ class CaseResult:
     passed: bool
     first_fail_step: int | None
     worst_leaf: str
+    exceeding_steps: list[int] = field(default_factory=list)  # float32: steps over tolerance
     zero_fraction: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -392,17 +399,25 @@ def jax_history(case: Case, data: Digits, device: str = "cpu") -> History:
     return History(losses, snaps, predict)
 
 
+#: Reorderings of a batch that leave the step mathematically unchanged (the loss is a mean):
+#: float32's own noise is the spread of torch-f32's step over them.
+REORDERINGS = ("given", "reversed", "permuted")
+
+
 def forced_step_errors(
     case: Case, data: Digits, device: str = "cpu"
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], History]:
     """Teacher-forced single-step errors of a float32 case, against float64.
 
     At every step, JAX-f32 and torch-f64 start from torch-f32's exact parameters, BatchNorm
     statistics and optimizer state and take one step on the same batch, as torch-f32 does.
-    Returns, per step, (JAX-f32 vs torch-f64, torch-f32 vs torch-f64) as the max relative
-    difference over all variables: each framework's float32 rounding in one step, without
-    the chaotic growth of a free-running trajectory (a ReLU input or a thresholded weight
-    landing on the other side of zero).
+    Returns, per step, (JAX-f32 vs torch-f64, float32's own noise) as max relative
+    differences over all variables, and torch-f32's free-running history. The noise is the
+    worst torch-f32 step vs torch-f64 over :data:`REORDERINGS` of the batch: where a
+    gradient is a nearly cancelling sum (and Adam/RMSprop divide it by sqrt(v) + eps), any
+    float32 summation order gives a different answer, and one order's error would be a
+    lucky sample. Single steps avoid the chaotic growth of a free-running float32 run (a
+    ReLU input or an L1-thresholded weight landing on the other side of zero).
     """
     import copy
 
@@ -418,7 +433,10 @@ def forced_step_errors(
     x64 = x32.double()
     y_all = torch.tensor(data.y_train, device=tdev)
     xj_all = np.asarray(models.flax_input(data.x_train), side.dtype)
-    e_jax, e_torch = [], []
+    tp = models.torch_model(case.model, case.seed).to(tdev, torch.float32)
+    optp = _torch_optimizer(case, tp)
+    rng = np.random.default_rng(case.seed + 1)
+    e_jax, e_torch, losses, snaps = [], [], [], []
     for t, batch in enumerate(idx):
         b = torch.tensor(batch, device=tdev)
         sd = {k: v.detach().clone() for k, v in t32.state_dict().items()}
@@ -450,12 +468,31 @@ def forced_step_errors(
             params, opt_state, variables.get("batch_stats", {}), xj_all[batch], data.y_train[batch]
         )
         snap_j = _flat_vars(side.variables(params, bs))
-        # torch-f32's own step.
-        _torch_step(case, t32, opt32, x32[b], y_all[b])
+        # torch-f32 on reordered batches, from the same state: float32's own spread.
+        noise = 0.0
+        for reordered in (batch[::-1].copy(), rng.permutation(batch)):
+            tp.load_state_dict(sd)
+            # load_state_dict keeps same-dtype state tensors by reference: copy, or this
+            # step would update `osd` in place.
+            optp.load_state_dict(copy.deepcopy(osd))
+            bo = torch.tensor(reordered, device=tdev)
+            _torch_step(case, tp, optp, x32[bo], y_all[bo])
+            snap_p = _torch_snapshot(tp, cmp_layers)
+            noise = max(noise, max(_rel_diff(snap_p[k], v) for k, v in ref.items()))
+        # torch-f32's own step (its free-running trajectory continues from here).
+        losses.append(_torch_step(case, t32, opt32, x32[b], y_all[b]))
         snap_t = _torch_snapshot(t32, cmp_layers)
+        snaps.append(snap_t)
         e_jax.append(max(_rel_diff(snap_j[k], v) for k, v in ref.items()))
-        e_torch.append(max(_rel_diff(snap_t[k], v) for k, v in ref.items()))
-    return e_jax, e_torch
+        e_torch.append(max(noise, max(_rel_diff(snap_t[k], v) for k, v in ref.items())))
+
+    def predict(x):
+        t32.eval()
+        with torch.no_grad():
+            xt = torch.tensor(models.torch_input(x), device=tdev, dtype=torch.float32)
+            return t32(xt).cpu().numpy()
+
+    return e_jax, e_torch, History(losses, snaps, predict)
 
 
 def trajectory_diff(a: History, b: History) -> tuple[list[float], dict[str, float]]:
@@ -480,12 +517,13 @@ def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> Cas
       noise floor) and the verdict against the case's tolerance.
     """
     data = data or load_digits()
-    ht = torch_history(case, data, device)
+    noise = drift = None
+    if case.dtype == "float64":
+        ht = torch_history(case, data, device)
+    else:  # teacher-forced single steps against float64; also torch-f32's trajectory
+        drift, noise, ht = forced_step_errors(case, data, device)
     hj = jax_history(case, data, device)
     dparam, per_leaf = trajectory_diff(hj, ht)
-    noise = drift = None
-    if case.dtype != "float64":  # teacher-forced single steps against float64
-        drift, noise = forced_step_errors(case, data, device)
     tr_t, tr_j = ht.predict(data.x_train), hj.predict(data.x_train)
     te_t, te_j = ht.predict(data.x_test), hj.predict(data.x_test)
     eval_dlogits = _rel_diff(te_j, te_t)
@@ -495,6 +533,7 @@ def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> Cas
         tol = F32_NOISE_FACTOR * max(max(noise, default=0.0), float(np.finfo(np.float32).eps))
         judged = drift
     fails = [i for i, d in enumerate(judged) if d > tol]
+    allowed = 0 if case.dtype == "float64" else int(F32_MAX_EXCEEDING_FRACTION * len(judged))
     zeros = {
         name: float(
             np.mean([np.mean(v == 0) for k, v in h.snapshots[-1].items() if k.startswith("params")])
@@ -514,8 +553,9 @@ def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> Cas
         test_acc={"torch": _accuracy(te_t, data.y_test), "jax": _accuracy(te_j, data.y_test)},
         eval_dlogits=eval_dlogits,
         tolerance=float(tol),
-        passed=not fails and (case.dtype != "float64" or eval_dlogits <= tol),
-        first_fail_step=(fails[0] + 1) if fails else None,
+        passed=len(fails) <= allowed and (case.dtype != "float64" or eval_dlogits <= tol),
+        first_fail_step=(fails[0] + 1) if len(fails) > allowed else None,
+        exceeding_steps=[i + 1 for i in fails],
         worst_leaf=max(per_leaf, key=per_leaf.get) if per_leaf else "",
         zero_fraction=zeros,
     )

@@ -164,3 +164,24 @@ def test_bridge_errors():
         optim.from_torch(torch.optim.SGD(ts), {"w": jnp.zeros((2, 2))}, paths=["v"])
     with pytest.raises(ValueError, match="no jaxreg.optim equivalent for LBFGS"):
         optim.from_torch(torch.optim.LBFGS(ts), [jnp.zeros((2, 2))])
+
+
+def test_state_with_equals_state_from_torch():
+    """state_with (buffers already in JAX layout) builds the same state as the converter."""
+    ts = [
+        torch.tensor(np.ones((2, 3)), requires_grad=True),
+        torch.tensor(np.ones(3), requires_grad=True),
+    ]
+    opt = torch.optim.NAdam(ts, lr=0.1, weight_decay=0.1)
+    for g in random_grads([(2, 3), (3,)], 3):
+        for t, gi in zip(ts, g):
+            t.grad = torch.tensor(gi)
+        opt.step()
+    params = [jnp.asarray(t.detach().numpy().copy()) for t in ts]
+    tx = optim.nadam(lr=0.1, weight_decay=0.1)
+    ref = optim.state_from_torch(opt, tx, params)
+    fields = {k: [opt.state[t][k].numpy() for t in ts] for k in ("exp_avg", "exp_avg_sq")}
+    got = optim.state_with(
+        tx, params, 3, fields, {"mu_product": float(opt.state[ts[0]]["mu_product"])}
+    )
+    assert_trees_close(got, ref, atol=0.0)
