@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -342,8 +343,10 @@ class _JaxSide:
         return {"params": params, **({"batch_stats": batch_stats} if self.has_bn else {})}
 
 
-def _jax_side(case: Case, data: Digits) -> _JaxSide:
-    """The Flax twin, its jaxreg optimizer and the jitted training step for ``case``."""
+@functools.lru_cache(maxsize=4)
+def _jax_side(case: Case) -> _JaxSide:
+    """The Flax twin, its jaxreg optimizer and the jitted training step for ``case``
+    (cached: the forced float32 loop and the free-running history share one compilation)."""
     jdtype = jnp.dtype(case.dtype)
     layers = models.layers(case.model)
     if case.mutation == "flatten_order":
@@ -359,7 +362,7 @@ def _jax_side(case: Case, data: Digits) -> _JaxSide:
     if case.mutation == "bn_biased_var" and case.model == "cnn_bn":
         overrides["unbiased_running_var"] = False
     fmodel = models.flax_model(case.model, jdtype, **overrides)
-    x0 = jnp.asarray(models.flax_input(data.x_train[:2]), jdtype)
+    x0 = jnp.zeros((2, 8, 8, 1), jdtype)
     template = fmodel.init(jax.random.key(0), x0, train=False)
     has_bn = "batch_stats" in template
     tx = _jax_optimizer(case)
@@ -379,7 +382,7 @@ def _jax_side(case: Case, data: Digits) -> _JaxSide:
 def jax_history(case: Case, data: Digits, device: str = "cpu") -> History:
     """Train the Flax twin with jaxreg from the torch model's initial weights."""
     _, tmodel, idx = _setup(case, data, device)
-    side = _jax_side(case, data)
+    side = _jax_side(case)
     variables = convert.torch_to_flax(tmodel.state_dict(), side.layers, side.template)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     opt_state = side.tx.init(params)
@@ -397,6 +400,15 @@ def jax_history(case: Case, data: Digits, device: str = "cpu") -> History:
         return np.asarray(side.model.apply(side.variables(params, batch_stats), xj, train=False))
 
     return History(losses, snaps, predict)
+
+
+def _clone_state(osd: dict) -> dict:
+    """A copy of an optimizer ``state_dict`` whose tensors do not alias the optimizer's."""
+    state = {
+        i: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+        for i, st in osd["state"].items()
+    }
+    return {"state": state, "param_groups": osd["param_groups"]}
 
 
 #: Reorderings of a batch that leave the step mathematically unchanged (the loss is a mean):
@@ -419,13 +431,11 @@ def forced_step_errors(
     lucky sample. Single steps avoid the chaotic growth of a free-running float32 run (a
     ReLU input or an L1-thresholded weight landing on the other side of zero).
     """
-    import copy
-
     tdev, t32, idx = _setup(case, data, device)
     opt32 = _torch_optimizer(case, t32)
     t64 = models.torch_model(case.model, case.seed).to(tdev, torch.float64)
     opt64 = _torch_optimizer(case, t64)
-    side = _jax_side(case, data)
+    side = _jax_side(case)
     cmp_layers = models.layers(case.model)
     name_of = {id(p): n for n, p in t32.named_parameters()}
     order = [name_of[id(p)] for g in opt32.param_groups for p in g["params"]]
@@ -440,7 +450,7 @@ def forced_step_errors(
     for t, batch in enumerate(idx):
         b = torch.tensor(batch, device=tdev)
         sd = {k: v.detach().clone() for k, v in t32.state_dict().items()}
-        osd = copy.deepcopy(opt32.state_dict())
+        osd = _clone_state(opt32.state_dict())
         # torch-f64 from torch-f32's state (load_state_dict casts params and buffers).
         t64.load_state_dict(sd)
         opt64.load_state_dict(osd)
@@ -474,7 +484,7 @@ def forced_step_errors(
             tp.load_state_dict(sd)
             # load_state_dict keeps same-dtype state tensors by reference: copy, or this
             # step would update `osd` in place.
-            optp.load_state_dict(copy.deepcopy(osd))
+            optp.load_state_dict(_clone_state(osd))
             bo = torch.tensor(reordered, device=tdev)
             _torch_step(case, tp, optp, x32[bo], y_all[bo])
             snap_p = _torch_snapshot(tp, cmp_layers)

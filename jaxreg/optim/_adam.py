@@ -166,7 +166,7 @@ def adamw(
       >>> tx = optim.adamw(lr=0.1, weight_decay=0.5)
       >>> p = {"w": jnp.array([1.0])}
       >>> u, _ = tx.update({"w": jnp.array([0.0])}, tx.init(p), p)
-      >>> round(float(u["w"][0]), 12)  # zero gradient: only the decay, -lr * wd * p
+      >>> round(float(u["w"][0]), 6)  # zero gradient: only the decay, -lr * wd * p
       -0.05
     """
     return adam(
@@ -213,6 +213,18 @@ def adamax(
         p = p - lr / (1 - beta1**t) * m / u
 
     Same as ``optax.adamax`` up to rounding, with torch's defaults and eps placement.
+
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.Adamax's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.Adamax rejects, with torch's message.
 
     Example:
       >>> import jax.numpy as jnp
@@ -290,6 +302,18 @@ def nadam(
     ``torch.set_default_dtype(torch.float64)`` -- even for float64 parameters;
     ``torch_scalar_dtype`` (a jaxreg extension) says which, default float32.
 
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.NAdam's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.NAdam rejects, with torch's message.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxreg import optim
@@ -364,6 +388,18 @@ def radam(
             p = p - m / (1 - beta1**t) * lr
 
     ``optax.radam`` uses a different threshold and eps placement (1e-10 to 3e-8 apart).
+
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.RAdam's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.RAdam rejects, with torch's message.
 
     Example:
       >>> import jax.numpy as jnp

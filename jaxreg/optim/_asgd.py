@@ -52,6 +52,18 @@ def asgd(
     With an ``lr`` schedule, ``eta`` uses the lr of the step that computes it, as torch
     (which reads ``group['lr']`` then).
 
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.ASGD's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.ASGD rejects, with torch's message.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxreg import optim

@@ -105,6 +105,18 @@ def muon(
         ``ns_steps >= 100``, ``ns_coefficients`` not 3 values; and at ``init``, a
         parameter that is not 2-D (naming its path).
 
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.Muon's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.Muon rejects, with torch's message.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxreg import optim

@@ -48,6 +48,18 @@ def rmsprop(
     Stock ``optax.rmsprop`` defaults to decay 0.9 and puts eps inside the sqrt
     (``eps_in_sqrt=True``); torch uses 0.99 and eps outside.
 
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.RMSprop's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.RMSprop rejects, with torch's message.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxreg import optim
@@ -138,6 +150,18 @@ def adagrad(
     ``optax.adagrad`` puts eps inside the sqrt, defaults the accumulator to 0.1 and
     has no ``lr_decay``.
 
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.Adagrad's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.Adagrad rejects, with torch's message.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxreg import optim
@@ -205,6 +229,18 @@ def adadelta(
         p = p - lr * delta
 
     Same algorithm as ``optax.adadelta`` (which defaults to ``learning_rate=None``).
+
+    Args:
+      lr: learning rate, a float or an Optax schedule of the step count.
+      Other arguments: torch.optim.Adadelta's, same names, defaults and meaning; kernel
+        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Raises:
+      ValueError: on the values torch.optim.Adadelta rejects, with torch's message.
 
     Example:
       >>> import jax.numpy as jnp
