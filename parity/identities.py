@@ -126,7 +126,7 @@ def run_identities(data: Digits, steps: int = 300, model: str = "mlp") -> list[I
                 "weight decay moves biases by -lr·wd·b unless masked",
                 fw,
                 worst,
-                "|Δ - (-lr·wd·b)| ≤ 1e-15, biases moved",
+                "max abs(Δ + lr·wd·b) ≤ 1e-15, biases moved",
                 worst <= 1e-15 and moved > 0,
             )
         )
