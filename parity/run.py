@@ -96,8 +96,8 @@ class CaseResult:
     # float32, teacher-forced (see forced_step_errors): per step, the single-step error
     noise: list[float] | None  # ... of torch-f32 against torch-f64 (worst batch order)
     drift: list[float] | None  # ... of JAX-f32 against torch-f64
-    train_acc: dict[str, float]
-    test_acc: dict[str, float]
+    train_acc: dict[str, float]  # final, on the whole training set (eval mode)
+    test_acc: dict[str, float]  # final, on the test set (eval mode)
     eval_dlogits: float  # max |Δ| of eval-mode logits on the test set, relative
     tolerance: float
     passed: bool
@@ -105,6 +105,7 @@ class CaseResult:
     worst_leaf: str
     exceeding_steps: list[int] = field(default_factory=list)  # float32: steps over tolerance
     zero_fraction: dict[str, float] = field(default_factory=dict)
+    batch_acc: dict[str, list[float]] = field(default_factory=dict)  # per step, training batch
 
     @property
     def max_dloss(self) -> float:
@@ -170,7 +171,8 @@ def _torch_optimizer(case: Case, model: torch.nn.Module) -> torch.optim.Optimize
     raise ValueError(f"unknown optimizer {opt!r}")
 
 
-def _torch_step(case, model, opt, x, y) -> float:
+def _torch_step(case, model, opt, x, y) -> tuple[float, float]:
+    """One training step as a PyTorch user writes it; returns (loss, batch accuracy)."""
     model.train()
     out = model(x)
     loss = F.cross_entropy(out, y)
@@ -186,7 +188,7 @@ def _torch_step(case, model, opt, x, y) -> float:
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.sign() * (p.abs() - thr).clamp(min=0))
-    return loss.item()
+    return loss.item(), (out.argmax(1) == y).double().mean().item()
 
 
 # --- the JAX side, with jaxreg ---------------------------------------------------------
@@ -234,7 +236,7 @@ def _jax_loss(case: Case, model, has_bn: bool):
         else:
             logits = model.apply({"params": params}, x, train=True)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, batch_stats
+        return loss, (batch_stats, jnp.mean(jnp.argmax(logits, -1) == y))
 
     factor = 1.01 if case.mutation == "decay_factor" else 1.0
     if case.reg == "l1" and case.mutation == "l1_abs_grad":
@@ -291,6 +293,7 @@ class History:
     losses: list[float]
     snapshots: list[dict[str, np.ndarray]]  # Flax layout, keys like "params/fc1/kernel"
     predict: Any  # x (N, 8, 8) -> logits, eval mode, with the final weights
+    accuracies: list[float] = field(default_factory=list)  # training-batch accuracy per step
 
 
 def _setup(case: Case, data: Digits, device: str):
@@ -314,10 +317,12 @@ def torch_history(
     x_all = torch.tensor(models.torch_input(data.x_train), device=tdev, dtype=tdtype)
     y_all = torch.tensor(data.y_train, device=tdev)
     layers = models.layers(case.model)
-    losses, snaps = [], []
+    losses, accs, snaps = [], [], []
     for batch in idx:
         b = torch.tensor(batch, device=tdev)
-        losses.append(_torch_step(case, tmodel, opt, x_all[b], y_all[b]))
+        loss, acc = _torch_step(case, tmodel, opt, x_all[b], y_all[b])
+        losses.append(loss)
+        accs.append(acc)
         snaps.append(_torch_snapshot(tmodel, layers))
 
     def predict(x):
@@ -326,7 +331,7 @@ def torch_history(
             xt = torch.tensor(models.torch_input(x), device=tdev, dtype=tdtype)
             return tmodel(xt).cpu().numpy()
 
-    return History(losses, snaps, predict)
+    return History(losses, snaps, predict, accs)
 
 
 @dataclass
@@ -335,7 +340,7 @@ class _JaxSide:
     layers: list
     template: dict
     tx: optax.GradientTransformation
-    step: Any  # jitted (params, opt_state, batch_stats, x, y) -> (params, opt_state, bs, loss)
+    step: Any  # jitted (params, opt_state, bs, x, y) -> (params, opt_state, bs, loss, accuracy)
     has_bn: bool
     dtype: Any
 
@@ -370,11 +375,11 @@ def _jax_side(case: Case) -> _JaxSide:
 
     @jax.jit
     def step(params, opt_state, batch_stats, x, y):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, x, y
         )
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, batch_stats, loss
+        return optax.apply_updates(params, updates), opt_state, batch_stats, loss, acc
 
     return _JaxSide(fmodel, layers, template, tx, step, has_bn, jdtype)
 
@@ -387,19 +392,20 @@ def jax_history(case: Case, data: Digits, device: str = "cpu") -> History:
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     opt_state = side.tx.init(params)
     x_all = np.asarray(models.flax_input(data.x_train), side.dtype)  # sliced in numpy
-    losses, snaps = [], []
+    losses, accs, snaps = [], [], []
     for batch in idx:
-        params, opt_state, batch_stats, loss = side.step(
+        params, opt_state, batch_stats, loss, acc = side.step(
             params, opt_state, batch_stats, x_all[batch], data.y_train[batch]
         )
         losses.append(float(loss))
+        accs.append(float(acc))
         snaps.append(_flat_vars(side.variables(params, batch_stats)))
 
     def predict(x):
         xj = jnp.asarray(models.flax_input(x), side.dtype)
         return np.asarray(side.model.apply(side.variables(params, batch_stats), xj, train=False))
 
-    return History(losses, snaps, predict)
+    return History(losses, snaps, predict, accs)
 
 
 def _clone_state(osd: dict) -> dict:
@@ -446,7 +452,7 @@ def forced_step_errors(
     tp = models.torch_model(case.model, case.seed).to(tdev, torch.float32)
     optp = _torch_optimizer(case, tp)
     rng = np.random.default_rng(case.seed + 1)
-    e_jax, e_torch, losses, snaps = [], [], [], []
+    e_jax, e_torch, losses, accs, snaps = [], [], [], [], []
     for t, batch in enumerate(idx):
         b = torch.tensor(batch, device=tdev)
         sd = {k: v.detach().clone() for k, v in t32.state_dict().items()}
@@ -474,7 +480,7 @@ def forced_step_errors(
         }
         params = variables["params"]
         opt_state = jaxreg.optim.state_with(side.tx, params, t, fields, scalars)
-        params, _, bs, _ = side.step(
+        params, _, bs, _, _ = side.step(
             params, opt_state, variables.get("batch_stats", {}), xj_all[batch], data.y_train[batch]
         )
         snap_j = _flat_vars(side.variables(params, bs))
@@ -490,7 +496,9 @@ def forced_step_errors(
             snap_p = _torch_snapshot(tp, cmp_layers)
             noise = max(noise, max(_rel_diff(snap_p[k], v) for k, v in ref.items()))
         # torch-f32's own step (its free-running trajectory continues from here).
-        losses.append(_torch_step(case, t32, opt32, x32[b], y_all[b]))
+        loss, acc = _torch_step(case, t32, opt32, x32[b], y_all[b])
+        losses.append(loss)
+        accs.append(acc)
         snap_t = _torch_snapshot(t32, cmp_layers)
         snaps.append(snap_t)
         e_jax.append(max(_rel_diff(snap_j[k], v) for k, v in ref.items()))
@@ -502,7 +510,7 @@ def forced_step_errors(
             xt = torch.tensor(models.torch_input(x), device=tdev, dtype=torch.float32)
             return t32(xt).cpu().numpy()
 
-    return e_jax, e_torch, History(losses, snaps, predict)
+    return e_jax, e_torch, History(losses, snaps, predict, accs)
 
 
 def trajectory_diff(a: History, b: History) -> tuple[list[float], dict[str, float]]:
@@ -568,4 +576,5 @@ def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> Cas
         exceeding_steps=[i + 1 for i in fails],
         worst_leaf=max(per_leaf, key=per_leaf.get) if per_leaf else "",
         zero_fraction=zeros,
+        batch_acc={"torch": ht.accuracies, "jax": hj.accuracies},
     )

@@ -43,6 +43,9 @@ def test_quick_grid_passes_and_writes_the_report(quick_report):
     assert len(case["dparam"]) == cli.QUICK["steps"]
     f64 = [c for c in report["cases"] if c["case_dtype"] == "float64"]
     assert max(c["max_dparam"] for c in f64) <= 1e-10
+    for c in f64:  # per-step training-batch accuracy: the same predictions in both
+        assert len(c["batch_acc"]["torch"]) == cli.QUICK["steps"]
+        assert c["batch_acc"]["torch"] == c["batch_acc"]["jax"], c["case"]
     f32 = [c for c in report["cases"] if c["case_dtype"] == "float32"]
     for c in f32:  # teacher-forced: JAX's step error within 4x float32's own noise
         over = [d for d in c["drift"] if d > 4 * max(c["max_noise"], 1.1920929e-07)]
