@@ -104,7 +104,7 @@ class CaseResult:
     first_fail_step: int | None
     worst_leaf: str
     exceeding_steps: list[int] = field(default_factory=list)  # float32: steps over tolerance
-    zero_fraction: dict[str, float] = field(default_factory=dict)
+    zero_fraction: dict[str, float] = field(default_factory=dict)  # final exact zeros
     batch_acc: dict[str, list[float]] = field(default_factory=dict)  # per step, training batch
 
     @property
@@ -552,12 +552,12 @@ def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> Cas
         judged = drift
     fails = [i for i, d in enumerate(judged) if d > tol]
     allowed = 0 if case.dtype == "float64" else int(F32_MAX_EXCEEDING_FRACTION * len(judged))
-    zeros = {
-        name: float(
-            np.mean([np.mean(v == 0) for k, v in h.snapshots[-1].items() if k.startswith("params")])
-        )
-        for name, h in (("torch", ht), ("jax", hj))
-    }
+
+    def zero_fraction(h: History) -> float:  # exact zeros among all parameter elements
+        leaves = [v for k, v in h.snapshots[-1].items() if k.startswith("params")]
+        return float(sum(np.sum(v == 0) for v in leaves) / sum(v.size for v in leaves))
+
+    zeros = {"torch": zero_fraction(ht), "jax": zero_fraction(hj)}
     return CaseResult(
         case=case,
         loss_torch=ht.losses,
