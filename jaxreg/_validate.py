@@ -43,6 +43,11 @@ def check_nonnegative(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be non-negative, got {x}")
 
 
+def default_float_dtype() -> jnp.dtype:
+    """JAX's default float dtype right now: float64 under x64, else float32."""
+    return jnp.zeros((), float).dtype
+
+
 def at_count(value: ScalarOrSchedule, count: jax.Array | None) -> Any:
     """The hyperparameter's value at step ``count`` (schedules are evaluated).
 
@@ -54,4 +59,4 @@ def at_count(value: ScalarOrSchedule, count: jax.Array | None) -> Any:
     """
     if not callable(value):
         return value
-    return value(jnp.asarray(count).astype(jnp.zeros((), float).dtype))
+    return value(jnp.asarray(count).astype(default_float_dtype()))

@@ -12,17 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("mlp", "cnn", "mlp_ln", "cnn_bn")
-OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
-REGS = ("none", "l1", "l2", "wd", "decoupled", "masked", "prox_l1")
-MUTATIONS = (
-    "decay_factor",
-    "l1_abs_grad",
-    "ln_eps",
-    "flatten_order",
-    "bn_biased_var",
-    "adamw_default_wd",
-)
+from parity.grid import MODELS, MUTATIONS, OPTIMIZERS, REGS
 
 F32_STEPS = 200
 

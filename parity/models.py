@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import torch
 import torch.nn.functional as F
 
+from parity.convert import BatchNorm, Conv2d, LayerNorm, Linear
+from parity.grid import MODELS  # noqa: F401  (re-exported)
+
 HIDDEN = 32
 CONV1, CONV2 = 8, 16
-MODELS = ("mlp", "cnn", "mlp_ln", "cnn_bn")
 
 
 # --- torch ----------------------------------------------------------------------------
@@ -146,8 +148,6 @@ def flax_model(name: str, dtype=jnp.float32, **overrides) -> nn.Module:
 
 def layers(name: str):
     """The converter spec of a model: (kind, torch prefix, flax path, extra)."""
-    from parity.convert import BatchNorm, Conv2d, LayerNorm, Linear
-
     if name in ("mlp", "mlp_ln"):
         spec = [Linear("fc1", "fc1")]
         if name == "mlp_ln":

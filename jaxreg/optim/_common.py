@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 import jaxreg
-from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float
+from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float, default_float_dtype
 from jaxreg.masks import MaskLike
 
 #: Flags that only choose a torch kernel; accepted and ignored (one compiled XLA program).
@@ -101,7 +101,7 @@ def chain(*parts: Any) -> optax.GradientTransformation:
 
 def scalar_dtype() -> jnp.dtype:
     """The float dtype for torch's Python-double scalars: float64 if x64 is on, else float32."""
-    return jnp.zeros((), float).dtype
+    return default_float_dtype()
 
 
 def step_of(count: jax.Array) -> jax.Array:
