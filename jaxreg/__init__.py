@@ -11,6 +11,7 @@ from jaxreg._decay import (
     add_weight_decay,
     decoupled_weight_decay,
 )
+from jaxreg._guard import skip_nonfinite
 from jaxreg._penalties import elastic_net_penalty, l1_penalty, l2_penalty, regularized
 from jaxreg._prox import prox_elastic_net, prox_l1, soft_threshold
 
@@ -29,6 +30,7 @@ __all__ = [
     "prox_l1",
     "prox_elastic_net",
     "soft_threshold",
+    "skip_nonfinite",
     "ScheduleState",
     "__version__",
 ]

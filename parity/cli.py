@@ -62,7 +62,32 @@ def parse_args(argv):
         default=None,
         help="plant a known bug on the JAX side: the suite must FAIL",
     )
+    p.add_argument(
+        "--distributed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-parallel check instead of the grid: N JAX processes (jax.distributed) and "
+        "N torch DDP processes on localhost, against each other and one process",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=400.0, help="--distributed: time limit in seconds"
+    )
     args = p.parse_args(argv)
+    if args.distributed is not None:
+        from parity.distributed import GLOBAL_BATCH
+
+        n = args.distributed
+        if n < 2 or GLOBAL_BATCH % n or n > 16:
+            p.error(
+                f"--distributed takes 2..16 processes dividing the batch {GLOBAL_BATCH}, got {n}"
+            )
+        extra = [f"--{o}" for o in ("models", "optimizers", "regs", "quick") if getattr(args, o)]
+        extra += ["--device"] * (args.device != "cpu") + ["--dtype"] * (args.dtype != "both")
+        if extra:
+            p.error(f"--distributed runs its own float64 CPU cases; drop {', '.join(extra)}")
+    if args.timeout <= 0:
+        p.error("--timeout must be positive")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
     if args.workers < 1:
@@ -132,6 +157,26 @@ def _progress(i, n, label, t0):
     sys.stderr.flush()
 
 
+def _distributed(args) -> int:
+    from parity import distributed
+
+    print(f"parity: data parallel over {args.distributed} processes per framework (localhost)")
+    try:
+        result = distributed.run(
+            args.distributed,
+            args.steps or distributed.DEFAULT_STEPS,
+            out=args.out,
+            timeout=args.timeout,
+            mutation=args.mutation,
+        )
+    except RuntimeError as e:
+        sys.stderr.write(f"parity: distributed run failed: {e}\n")
+        return 1
+    print(distributed.table(result))
+    print(f"written: {args.out / 'distributed.json'}")
+    return 0 if result["passed"] else 1
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     problem = _check_dependencies()
@@ -139,6 +184,8 @@ def main(argv=None) -> int:
         sys.stderr.write(f"parity: error: {problem}\n")
         return 2
     notes = _configure(args.device)
+    if args.distributed is not None:
+        return _distributed(args)
     import jax
 
     if args.device in ("gpu", "tpu") and not any(d.platform == args.device for d in jax.devices()):

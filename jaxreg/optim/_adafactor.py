@@ -90,10 +90,12 @@ def adafactor(
     def init_leaf(p):
         empty = jnp.zeros(_EMPTY, p.dtype)
         if p.ndim >= 2:
-            row = jnp.zeros(p.shape[:-1] + (1,), p.dtype)
-            col = jnp.zeros(p.shape[:-2] + (1, p.shape[-1]), p.dtype)
+            # Shaped (and, on sharded parameters, sharded) like the reductions that update
+            # them: a row factor follows the parameter's leading dims, never a replicated copy.
+            row = c.full_like(jnp.sum(p, axis=-1, keepdims=True), 0)
+            col = c.full_like(jnp.sum(p, axis=-2, keepdims=True), 0)
             return row, col, empty
-        return empty, empty, jnp.zeros_like(p)
+        return empty, empty, c.full_like(p, 0)
 
     def init_fn(params):
         if not jax.tree.leaves(params):

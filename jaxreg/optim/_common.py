@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.shard_alike import shard_alike
 
 import jaxreg
 from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float, default_float_dtype
@@ -142,8 +143,22 @@ def map_leaves(fn: Callable[..., tuple], tree: Any, *others: Any) -> tuple[Any, 
     return tuple(jax.tree.unflatten(treedef, list(r)) for r in zip(*results))
 
 
+def full_like(like: jax.Array, fill: Any, dtype: Any = None) -> jax.Array:
+    """``jnp.full_like`` placed where ``like`` lives, also inside ``jit``.
+
+    A constant has no data dependence, so under ``jit`` with automatic (GSPMD) sharding
+    XLA would replicate optimizer state created from it while the parameter it mirrors
+    is sharded; ``shard_alike`` ties the two together.
+    """
+    out = jnp.full_like(like, fill, dtype=dtype)
+    if jnp.ndim(like) == 0:
+        return out
+    return shard_alike(out, jnp.asarray(like))[0]
+
+
 def zeros_like_tree(params: Any) -> Any:
-    return jax.tree.map(jnp.zeros_like, params)
+    """Zeros shaped, typed and sharded like each leaf (see :func:`full_like`)."""
+    return jax.tree.map(lambda p: full_like(p, 0), params)
 
 
 def cast(x: Any, like: jax.Array) -> jax.Array:

@@ -60,6 +60,31 @@ def zeropower_via_newtonschulz(
     return x.T if transpose else x
 
 
+def _explicitly_sharded(x: jax.Array) -> bool:
+    """Whether ``x``'s type carries a sharding over explicit mesh axes (``jax.set_mesh``)."""
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None)
+    return bool(spec is not None and getattr(sharding.mesh, "explicit_axes", ()) and any(spec))
+
+
+def orthogonalize(
+    grad: jax.Array, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float
+) -> jax.Array:
+    """Newton-Schulz on the whole matrix, returned on ``grad``'s sharding.
+
+    Under explicit sharding the matrix is gathered first (``jax.sharding.reshard`` to
+    replicated) and the result resharded back, as distributed Muon implementations do:
+    the iteration's products ``X Xᵀ`` need the whole matrix. With automatic (GSPMD)
+    sharding XLA chooses the collectives itself.
+    """
+    if not _explicitly_sharded(grad):
+        return zeropower_via_newtonschulz(grad, ns_coefficients, ns_steps, eps)
+    spec = jax.typeof(grad).sharding.spec
+    whole = jax.sharding.reshard(grad, jax.sharding.PartitionSpec())
+    out = zeropower_via_newtonschulz(whole, ns_coefficients, ns_steps, eps)
+    return jax.sharding.reshard(out, spec)
+
+
 def _adjust_lr(lr, adjust_lr_fn, shape):
     rows, cols = shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
@@ -153,7 +178,7 @@ def muon(
             # Bit-exact torch lerp: a 1-ulp difference here flips bfloat16 roundings below.
             buf = c.lerp_fma(buf, g, 1 - momentum)
             u = c.lerp_fma(g, buf, momentum) if nesterov else buf
-            u = zeropower_via_newtonschulz(u, tuple(ns_coefficients), ns_steps, eps)
+            u = orthogonalize(u, tuple(ns_coefficients), ns_steps, eps)
             adjusted = _adjust_lr(lr_t, adjust_lr_fn, g.shape)
             return (-c.cast(adjusted, g)) * u.astype(g.dtype), buf
 

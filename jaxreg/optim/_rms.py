@@ -182,7 +182,7 @@ def adagrad(
     c.nonneg("epsilon", eps, f"Invalid epsilon value: {eps}")
 
     def init_fn(params):
-        acc = jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params)
+        acc = jax.tree.map(lambda p: c.full_like(p, initial_accumulator_value), params)
         return AdagradState(jnp.zeros([], jnp.int32), acc)
 
     def update_fn(updates, state, params=None):

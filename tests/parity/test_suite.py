@@ -118,6 +118,12 @@ def test_cli_mutation_fails_with_exit_1(tmp_path):
         (["--steps", "0"], "--steps must be at least 1"),
         (["--dtype", "float16"], "invalid choice"),
         (["--regs", "decoupled", "--optimizers", "sgd"], "no valid case"),
+        (["--distributed", "3"], "dividing the batch 128, got 3"),
+        (["--distributed", "1"], "2..16 processes"),
+        (["--distributed", "2", "--quick"], "drop --quick"),
+        (["--distributed", "2", "--models", "mlp", "--dtype", "float32"], "drop --models, --dtype"),
+        (["--distributed", "two"], "invalid int value"),
+        (["--timeout", "0"], "--timeout must be positive"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
@@ -132,3 +138,21 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
 def test_gpu_request_without_gpu_exits_2(capsys):
     assert cli.main(["--device", "gpu", "--quick", "--out", "/nonexistent/x"]) == 2
     assert "--device gpu" in capsys.readouterr().err
+
+
+def test_missing_parity_extra_names_the_extra():
+    """Without torch (simulated: the import fails) the CLI says which extra to install."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['sklearn'] = None\n"
+        "from parity import cli; sys.exit(cli.main(['--quick']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err == (
+        "parity: error: missing torch, sklearn: install the parity extra, "
+        'pip install -e ".[parity]"'
+    )
