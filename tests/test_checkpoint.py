@@ -258,3 +258,20 @@ def test_empty_directory_and_bad_arguments(tmp_path):
             ckpt.save(0, _like(), metadata={"__jaxreg__": 1})
     with pytest.raises(ValueError, match="max_to_keep"):
         Checkpointer(tmp_path, max_to_keep=0)
+
+
+def test_content_that_does_not_match_its_checksum_is_caught(tmp_path):
+    """Readable files holding other numbers (the state of another save copied in): Orbax
+    reads them happily; the SHA-256 saved with the checkpoint catches it."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    with Checkpointer(a) as ckpt:
+        ckpt.save(3, {"w": jnp.full((256, 256), 1.0, jnp.float32), "step": jnp.int32(3)})
+    with Checkpointer(b) as ckpt:
+        ckpt.save(3, {"w": jnp.full((256, 256), 2.0, jnp.float32), "step": jnp.int32(3)})
+    shutil.rmtree(a / "3" / "state")
+    shutil.copytree(b / "3" / "state", a / "3" / "state")
+    with Checkpointer(a) as ckpt, pytest.raises(CheckpointError) as err:
+        ckpt.restore(_like())
+    assert "leaf 'w' does not match the checksum" in str(err.value)
