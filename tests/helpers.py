@@ -65,3 +65,13 @@ class float32_mode:
 
     def __exit__(self, *exc):
         jax.config.update("jax_enable_x64", self._old)
+
+
+BLOCK_TORCH = (  # an environment without torch: its import fails, as when not installed
+    "import sys\n"
+    "class _NoTorch:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'torch':\n"
+    "            raise ImportError(\"No module named 'torch'\")\n"
+    "sys.meta_path.insert(0, _NoTorch())\n"
+)

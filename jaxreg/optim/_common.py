@@ -150,10 +150,13 @@ def full_like(like: jax.Array, fill: Any, dtype: Any = None) -> jax.Array:
     XLA would replicate optimizer state created from it while the parameter it mirrors
     is sharded; ``shard_alike`` ties the two together.
     """
-    out = jnp.full_like(like, fill, dtype=dtype)
-    if jnp.ndim(like) == 0:
-        return out
-    return shard_alike(out, jnp.asarray(like))[0]
+    if isinstance(fill, (int, float)) and fill == 0:  # zeros_like: no per-shape compile
+        out = jnp.zeros_like(like, dtype=dtype)
+    else:
+        out = jnp.full_like(like, fill, dtype=dtype)
+    if jnp.ndim(like) == 0 or not isinstance(like, jax.core.Tracer):
+        return out  # eagerly, full_like already places the result on like's sharding
+    return shard_alike(out, like)[0]
 
 
 def zeros_like_tree(params: Any) -> Any:

@@ -145,14 +145,12 @@ def test_missing_parity_extra_names_the_extra():
     import subprocess
     import sys
 
-    code = (
-        "import sys; sys.modules['torch'] = None; sys.modules['sklearn'] = None\n"
-        "from parity import cli; sys.exit(cli.main(['--quick']))"
-    )
+    from tests.helpers import BLOCK_TORCH
+
+    code = BLOCK_TORCH + "from parity import cli; sys.exit(cli.main(['--quick']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert err == (
-        "parity: error: missing torch, sklearn: install the parity extra, "
-        'pip install -e ".[parity]"'
+        'parity: error: missing torch: install the parity extra, pip install -e ".[parity]"'
     )

@@ -1,0 +1,62 @@
+"""``python -m parity.bench``: time jaxreg against PyTorch, side by side, in one run.
+
+Exit status: 0 when every subject passed the correctness guard (targets missed or met are
+reported, not judged), 1 when a guard failed or a worker crashed, 2 on bad arguments or a
+missing dependency (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit 2
+        self.exit(2, f"parity.bench: error: {message}\n")
+
+
+def main(argv=None) -> int:
+    p = _Parser(prog="python -m parity.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes; under 2 minutes")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="rounds per subject (default 7; quick 5)"
+    )
+    p.add_argument("--out", type=Path, default=Path("bench-report"))
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.rounds is not None and args.rounds < 5:
+        p.error("--rounds must be at least 5")
+    missing = []
+    for mod in ("torch", "matplotlib", "sklearn"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        sys.stderr.write(
+            f"parity.bench: error: missing {', '.join(missing)}: install the parity extra, "
+            'pip install -e ".[parity]"\n'
+        )
+        return 2
+    from parity.bench import report, suite
+    from parity.bench.harness import BenchError
+
+    cfg = dict(suite.QUICK if args.quick else suite.FULL)
+    if args.rounds:
+        cfg["rounds"] = args.rounds
+    try:
+        results = suite.run(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except BenchError as e:
+        sys.stderr.write(f"parity.bench: error: {e}\n")
+        return 1
+    print(report.table(results))
+    written = report.write(results, args.out, plots=not args.no_plots)
+    print("written: " + ", ".join(str(w) for w in written))
+    print(f"total {results['seconds']:.0f}s")
+    return 0 if results["derived"]["guards_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

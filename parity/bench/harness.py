@@ -1,0 +1,147 @@
+"""Run benchmark subjects side by side: one process each, rounds in alternating order."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Guard tolerances (float32). Optimizer steps: elementwise, so two correct implementations
+# differ by a few ULPs after 3 steps (measured ≤ 3e-7 relative, AdamW's decay rounding);
+# the smallest semantic slip benchmarked (SGD weight decay 5e-4 at lr 0.01 missing) moves
+# elements by 1.5e-5 relative -- 1e-6 separates them. Training steps: reductions in
+# another order (measured ≤ 1e-6 on the loss); 1e-4 still catches a wrong model/optimizer.
+GUARD_RTOL = {"opt": 1e-6, "train": 1e-4, "triad": 0.0}
+GUARD_ATOL = {"opt": 1e-7, "train": 0.0, "triad": 0.0}
+
+
+@dataclass
+class Subject:
+    """One (framework, variant) of a case; ``semantics`` groups subjects that must agree."""
+
+    framework: str
+    variant: str
+    semantics: str
+    result: dict = field(default_factory=dict)
+
+
+class BenchError(RuntimeError):
+    """A worker failed to start, crashed, or timed out."""
+
+
+class _Worker:
+    def __init__(self, spec: dict):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+        env.pop("XLA_FLAGS", None)
+        self.spec = spec
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "parity.bench.worker", json.dumps(spec)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def read(self, timeout: float | None = None) -> dict:
+        if timeout is not None:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(timeout, 0.0))
+            if not ready:
+                raise TimeoutError
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read()[-3000:]
+            raise BenchError(f"{self.spec['framework']}/{self.spec['variant']} died:\n{err}")
+        return json.loads(line)
+
+    def round(self, iters: int) -> list[float]:
+        self.proc.stdin.write(json.dumps({"iters": iters}) + "\n")
+        self.proc.stdin.flush()
+        return self.read()["times"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+def measure(
+    case: dict, subjects: list[Subject], rounds: int, round_s: float, ready_s: float = 240.0
+) -> None:
+    """Time every subject of ``case``; fills ``subject.result``.
+
+    All workers are started together (set-up and compilation overlap), then timed one at
+    a time: ``rounds`` rounds, each visiting every subject once, the order reversed and
+    rotated from round to round so that no subject always runs first or after the same
+    neighbour. A round times ``k`` single steps (``k`` set so a round lasts ~``round_s``);
+    its median is the round's value; the subject's value is the median over rounds, with
+    the min/max over rounds as its spread. A subject not ready (set-up, guard, compile)
+    within ``ready_s`` seconds is dropped and its ``result["error"]`` says so.
+    """
+    workers = [_Worker({**case, "framework": s.framework, "variant": s.variant}) for s in subjects]
+    try:
+        deadline = time.time() + ready_s
+        for w, s in zip(workers, subjects):
+            try:
+                r = w.read(timeout=deadline - time.time())
+            except TimeoutError:
+                s.result["error"] = f"not ready within {ready_s:.0f} s (set-up + compile)"
+                w.proc.kill()
+                continue
+            s.result.update(
+                setup_s=r["setup_s"], compile_s=r["first_step_s"], guard=r["guard"],
+                iters=max(3, min(500, round(round_s / max(r["per_step_s"], 1e-7)))),
+                rounds=[],
+            )  # fmt: skip
+        order = [i for i, s in enumerate(subjects) if "error" not in s.result]
+        for r in range(rounds):
+            visit = order[r % len(order) :] + order[: r % len(order)]
+            if r % 2:
+                visit.reverse()
+            for i in visit:
+                times = workers[i].round(subjects[i].result["iters"])
+                subjects[i].result["rounds"].append(statistics.median(times))
+    finally:
+        for w in workers:
+            w.close()
+    for s in subjects:
+        if "error" in s.result:
+            continue
+        rs = s.result["rounds"]
+        s.result.update(median_s=statistics.median(rs), min_s=min(rs), max_s=max(rs))
+
+
+def check_guards(kind: str, subjects: list[Subject]) -> None:
+    """Subjects with the same semantics must end the guard steps within tolerance."""
+    import numpy as np
+
+    first: dict[str, Subject] = {}
+    for s in subjects:
+        if "error" in s.result:
+            continue
+        ref = first.setdefault(s.semantics, s)
+        a, b = np.array(s.result["guard"]), np.array(ref.result["guard"])
+        if kind == "triad":
+            ok, err = True, 0.0
+        else:
+            err = float(np.max(np.abs(a - b) / (GUARD_ATOL[kind] + GUARD_RTOL[kind] * np.abs(b))))
+            ok = bool(err <= 1.0)
+        s.result["guard_ok"] = ok
+        s.result["guard_vs"] = f"{ref.framework}/{ref.variant}"
+        s.result["guard_err_over_tol"] = err

@@ -1,0 +1,132 @@
+"""The benchmark's printed table, bench.json and the log-log plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from parity.bench.suite import BYTES_PER_PARAM, TORCH_VARIANTS
+
+
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x * 1e3:9.3f}"
+
+
+def table(results: dict) -> str:
+    d = results["derived"]
+    env = results["environment"]
+    lines = [
+        f"bench: {env['cpu']}, {env['threads']} threads; jax {env['versions']['jax']}, "
+        f"torch {env['versions']['torch']}; {env['config']['rounds']} rounds, median of "
+        "round medians (ms), [min–max over rounds]",
+        "triad (a = b + s·c, float32): "
+        + ", ".join(f"{k} {v:.1f} GB/s" for k, v in d["triad_GBps"].items()),
+        "",
+        f"{'case':26s} {'jaxreg':>10s} "
+        + " ".join(f"{v.removeprefix('torch_'):>10s}" for v in TORCH_VARIANTS)
+        + f" {'÷best':>6s} {'÷fused':>6s} {'BW/triad':>8s}",
+    ]
+    by_label = {g["label"]: g for g in results["groups"]}
+    for r in d["opt"]:
+        g = by_label[r["label"]]["subjects"]
+        cells = [_ms(g["jax:jaxreg"]["median_s"])]
+        for v in TORCH_VARIANTS:
+            s = g.get(f"torch:{v}")
+            cells.append(_ms(s.get("median_s")) if s else f"{'—':>9s}")
+        lines.append(
+            f"{r['label']:26s} "
+            + " ".join(f"{c:>10s}" for c in cells)
+            + f" {r['ratio_best']:6.2f} {r['ratio_fused']:6.2f} {r['bandwidth_fraction']:8.2f}"
+        )
+    for r in d["train"]:
+        g = by_label[r["label"]]["subjects"]
+        cells = [_ms(g["jax:jaxreg"]["median_s"])]
+        for v in TORCH_VARIANTS:
+            s = g.get(f"torch:{v}")
+            cells.append(_ms(s.get("median_s")) if s else f"{'—':>9s}")
+        lines.append(f"{r['label']:26s} " + " ".join(f"{c:>10s}" for c in cells)
+                     + f" {r['ratio_best_eager']:6.2f}  (÷ best eager)")  # fmt: skip
+    if d["reg"]:
+        lines += ["", f"regularization overhead (N={d.get('reg_params', 0):.0e}):"]
+        lines += [f"  {k:48s} {v:6.3f}" for k, v in d["reg"].items()]
+    if d["scaling"]:
+        lines += ["", "scaling (jaxreg): ns/param at each N; log-log slope between sizes"]
+        for opt, s in d["scaling"].items():
+            lines.append(
+                f"  {opt:6s} " + ", ".join(f"{n:.0e}: {p:.3f}" for n, p in
+                                           zip(s["params"], s["ns_per_param"]))
+                + "; slopes " + ", ".join(f"{x:.2f}" for x in s["slopes"])
+                + f"; linear from N≈{s['linear_from']:.0e}"
+            )  # fmt: skip
+    lines += ["", "targets:"]
+    for t in d["targets"]:
+        met = {True: "MET", False: "MISSED", None: "—"}[t["met"]]
+        lines.append(f"  {t['target']:62s} {t['limit']:>10s} {t['value']:7.3f}  {met}")
+    dropped = [f"{g['label']} {k}: {s['error']}" for g in results["groups"]
+               for k, s in g["subjects"].items() if "error" in s]  # fmt: skip
+    if dropped:
+        lines += ["", "not timed:"] + [f"  {x}" for x in dropped]
+    bad = [f"{g['label']} {k}" for g in results["groups"] for k, s in g["subjects"].items()
+           if "error" not in s and not s.get("guard_ok")]  # fmt: skip
+    lines.append("")
+    lines.append(
+        "correctness guard: " + ("all subjects agree" if not bad else "FAILED: " + ", ".join(bad))
+    )
+    return "\n".join(lines)
+
+
+def write(results: dict, out: Path, plots: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "bench.json"]
+    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    if plots:
+        written.append(plot(results, out / "bench.png"))
+    return written
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    d = results["derived"]
+    triad = d["triad_ref_GBps"] * 1e9
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    by_label = {g["label"]: g for g in results["groups"]}
+    for ax, opt in zip(axes, ("sgd", "adamw")):
+        rows = sorted((r for r in d["opt"] if r["opt"] == opt and not r["many"]),
+                      key=lambda r: r["params"])  # fmt: skip
+        if not rows:
+            continue
+        n = np.array([r["params"] for r in rows], float)
+        series = {"jaxreg": "jax:jaxreg", **{v.removeprefix("torch_"): f"torch:{v}"
+                                            for v in TORCH_VARIANTS}}  # fmt: skip
+        for name, key in series.items():
+            pts = [(r["params"], by_label[r["label"]]["subjects"][key]) for r in rows
+                   if "median_s" in by_label[r["label"]]["subjects"].get(key, {})]  # fmt: skip
+            if not pts:
+                continue
+            x = np.array([p for p, _ in pts], float)
+            y = np.array([s["median_s"] for _, s in pts])
+            lo = y - np.array([s["min_s"] for _, s in pts])
+            hi = np.array([s["max_s"] for _, s in pts]) - y
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", lw=2.5 if name == "jaxreg" else 1.2,
+                        label=name, capsize=2)  # fmt: skip
+        roof = BYTES_PER_PARAM[opt] * n / triad
+        ax.plot(n, roof, "k--", label=f"bandwidth limit ({BYTES_PER_PARAM[opt]} B/param "
+                                     f"at triad {triad / 1e9:.1f} GB/s)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("parameters (10 float32 leaves)")
+        ax.set_ylabel("seconds per optimizer step")
+        ax.set_title({"sgd": "SGD + momentum + weight decay", "adamw": "AdamW"}[opt])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    env = results["environment"]
+    fig.suptitle(f"{env['cpu']}, {env['threads']} threads — median over rounds, bars min–max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,263 @@
+"""The benchmark plan, the derived ratios and the targets."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+from parity.bench.harness import Subject, check_guards, measure
+
+TORCH_VARIANTS = ("torch_loop", "torch_foreach", "torch_fused", "torch_compile")
+EAGER = ("torch_loop", "torch_foreach", "torch_fused")
+BYTES_PER_PARAM = {"sgd": 20, "adamw": 28}  # float32, fused: SGD+momentum, Adam/AdamW
+TRIAD_BYTES = 12  # a = b + s·c: read b, c, write a (STREAM's count)
+
+FULL = {
+    "sizes": (100_000, 1_000_000, 10_000_000, 30_000_000),
+    "reg_size": 10_000_000,
+    "many": 1000,
+    "models": ("mlp", "cnn"),
+    "triad_n": 30_000_000,
+    "rounds": 7,
+    "round_s": 0.4,
+    "compile_sizes": None,  # torch.compile at every size
+    "ready_s": 180.0,  # set-up + compile limit per subject (torch.compile of 1000 leaves: more)
+}
+QUICK = {
+    "sizes": (100_000, 1_000_000),
+    "reg_size": 1_000_000,
+    "many": 0,
+    "models": ("mlp",),
+    "triad_n": 10_000_000,
+    "rounds": 5,
+    "round_s": 0.08,
+    "compile_sizes": (),  # torch.compile's cold compile alone would take most of the budget
+    "ready_s": 120.0,
+}
+
+
+def _opt_subjects(opt: str, n: int, extra: bool, with_compile: bool) -> list[Subject]:
+    sem = f"{opt}/wd"
+    subs = [Subject("jax", "jaxreg", sem)]
+    subs += [
+        Subject("torch", v, sem) for v in TORCH_VARIANTS if with_compile or v != "torch_compile"
+    ]
+    if extra:  # regularization overhead, at one size
+        subs += [Subject("jax", "jaxreg_nowd", f"{opt}/nowd"),
+                 Subject("torch", "torch_fused_nowd", f"{opt}/nowd"),
+                 Subject("jax", "jaxreg_prox", f"{opt}/wd+prox")]  # fmt: skip
+        if opt == "sgd":
+            subs += [Subject("jax", "penalty_in_loss", "sgd/l2"),
+                     Subject("jax", "decay_transform", "sgd/l2")]  # fmt: skip
+    return subs
+
+
+def plan(cfg: dict, threads: int, cpus: list[int]) -> list[tuple[dict, list[Subject]]]:
+    """(case spec, subjects) for every measurement group."""
+    base = {"threads": threads, "cpus": cpus}
+    groups = [({**base, "case": "triad", "kind": "triad", "n": cfg["triad_n"]},
+               [Subject("jax", "triad", "triad"), Subject("torch", "triad", "triad")])]  # fmt: skip
+    for opt in ("sgd", "adamw"):
+        for n in cfg["sizes"]:
+            comp = cfg["compile_sizes"] is None or n in cfg["compile_sizes"]
+            spec = {**base, "case": "opt", "kind": "opt", "opt": opt, "n": n}
+            groups.append((spec, _opt_subjects(opt, n, n == cfg["reg_size"], comp)))
+        if cfg["many"]:
+            spec = {**base, "case": "opt", "kind": "opt", "opt": opt, "many": cfg["many"]}
+            groups.append((spec, _opt_subjects(opt, 0, False, cfg["compile_sizes"] is None)))
+    for model in cfg["models"]:
+        spec = {**base, "case": "train", "kind": "train", "model": model, "batch": 128}
+        subs = [Subject("jax", "jaxreg", "train")]
+        subs += [Subject("torch", v, "train") for v in TORCH_VARIANTS
+                 if cfg["compile_sizes"] is None or v != "torch_compile"]  # fmt: skip
+        groups.append((spec, subs))
+    return groups
+
+
+def _label(spec: dict) -> str:
+    if spec["case"] == "triad":
+        return f"triad n={spec['n']:.0e}"
+    if spec["case"] == "train":
+        return f"train {spec['model']} batch {spec['batch']}"
+    size = f"{spec['many']} leaves" if spec.get("many") else f"N={spec['n']:.0e}"
+    return f"{spec['opt']} step {size}"
+
+
+def _params(spec: dict) -> int:
+    from parity.bench.worker import leaf_sizes
+
+    return sum(leaf_sizes(spec))
+
+
+def run(cfg: dict, progress=print) -> dict[str, Any]:
+    """Measure every group of ``cfg`` (``FULL`` or ``QUICK``); return the results."""
+    cpus = sorted(os.sched_getaffinity(0))
+    threads = len(cpus)
+    groups = plan(cfg, threads, cpus)
+    t0 = time.time()
+    out = []
+    for i, (spec, subjects) in enumerate(groups, 1):
+        measure(spec, subjects, cfg["rounds"], cfg["round_s"], cfg["ready_s"])
+        check_guards(spec["kind"], subjects)
+        by_key = {f"{s.framework}:{s.variant}": s.result for s in subjects}
+        entry = {"label": _label(spec), "spec": spec, "subjects": by_key}
+        if spec["case"] == "opt":
+            entry["params"] = _params(spec)
+        out.append(entry)
+        progress(f"[{i}/{len(groups)}] {time.time() - t0:5.0f}s {entry['label']}")
+    results = {"environment": environment(threads, cpus, cfg), "groups": out}
+    results["derived"] = derive(results)
+    results["seconds"] = time.time() - t0
+    return results
+
+
+def environment(threads: int, cpus: list[int], cfg: dict) -> dict:
+    import jax
+    import optax
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "gpu": gpu,
+        "device": "cpu",
+        "threads": threads,
+        "affinity": cpus,
+        "python": platform.python_version(),
+        "versions": {
+            "jax": jax.__version__,
+            "optax": optax.__version__,
+            "torch": torch.__version__,
+        },  # fmt: skip
+        "config": {k: v for k, v in cfg.items()},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _med(group: dict, key: str) -> float | None:
+    s = group["subjects"].get(key)
+    return s.get("median_s") if s else None
+
+
+def derive(results: dict) -> dict:
+    """Ratios, bandwidth fractions, scaling and the targets, from the medians."""
+    groups = results["groups"]
+    triad = next(g for g in groups if g["spec"]["case"] == "triad")
+    n_tri = triad["spec"]["n"]
+    bw = {
+        k.split(":")[0]: TRIAD_BYTES * n_tri / v["median_s"] for k, v in triad["subjects"].items()
+    }
+    triad_bw = max(bw.values())
+    d: dict[str, Any] = {"triad_GBps": {k: v / 1e9 for k, v in bw.items()},
+                         "triad_ref_GBps": triad_bw / 1e9,
+                         "opt": [], "train": [], "reg": {}}  # fmt: skip
+    for g in groups:
+        spec = g["spec"]
+        if spec["case"] == "opt":
+            jx = _med(g, "jax:jaxreg")
+            torch_t = {v: _med(g, f"torch:{v}") for v in TORCH_VARIANTS if _med(g, f"torch:{v}")}
+            best = min(torch_t, key=torch_t.get)
+            n = g["params"]
+            row = {
+                "label": g["label"], "opt": spec["opt"], "params": n,
+                "many": bool(spec.get("many")), "jaxreg_s": jx, "torch_s": torch_t,
+                "best_torch": best, "ratio_best": jx / torch_t[best],
+                "ratio_fused": jx / torch_t["torch_fused"],
+                "dropped": {k: v["error"] for k, v in g["subjects"].items() if "error" in v},
+                "bandwidth_fraction": BYTES_PER_PARAM[spec["opt"]] * n / jx / triad_bw,
+                "fused_bandwidth_fraction":
+                    BYTES_PER_PARAM[spec["opt"]] * n / torch_t["torch_fused"] / triad_bw,
+                "ns_per_param": jx / n * 1e9,
+            }  # fmt: skip
+            d["opt"].append(row)
+            if "jax:jaxreg_nowd" in g["subjects"]:
+                opt = spec["opt"]
+                d["reg"][f"{opt}: weight decay on ÷ off"] = jx / _med(g, "jax:jaxreg_nowd")
+                d["reg"][f"{opt}: torch fused, decay on ÷ off"] = torch_t["torch_fused"] / _med(
+                    g, "torch:torch_fused_nowd"
+                )
+                d["reg"][f"{opt}: + proximal L1 ÷ plain step"] = _med(g, "jax:jaxreg_prox") / jx
+                if opt == "sgd":
+                    d["reg"]["sgd: L2 penalty in the loss ÷ decay transform"] = _med(
+                        g, "jax:penalty_in_loss"
+                    ) / _med(g, "jax:decay_transform")
+                d["reg_params"] = n
+        elif spec["case"] == "train":
+            jx = _med(g, "jax:jaxreg")
+            eager = {v: _med(g, f"torch:{v}") for v in EAGER if _med(g, f"torch:{v}")}
+            best = min(eager, key=eager.get)
+            comp = _med(g, "torch:torch_compile")
+            d["train"].append({
+                "label": g["label"], "jaxreg_s": jx, "best_eager": best,
+                "ratio_best_eager": jx / eager[best],
+                "ratio_compile": jx / comp if comp else None,
+            })  # fmt: skip
+    d["scaling"] = _scaling(d["opt"])
+    d["targets"] = _targets(d)
+    d["guards_ok"] = all(s.get("guard_ok", False) for g in groups for s in g["subjects"].values())
+    return d
+
+
+def _scaling(rows: list[dict]) -> dict:
+    """Per optimizer: ns/param at each N and the log-log slope between neighbouring N."""
+    out = {}
+    for opt in ("sgd", "adamw"):
+        pts = sorted(
+            (r["params"], r["jaxreg_s"]) for r in rows if r["opt"] == opt and not r["many"]
+        )
+        if len(pts) < 2:
+            continue
+        import math
+
+        slopes = [math.log(t2 / t1) / math.log(n2 / n1) for (n1, t1), (n2, t2) in zip(pts, pts[1:])]
+        per = [t / n * 1e9 for n, t in pts]
+        floor = min(per)
+        # dispatch overhead has ended where the time per parameter is within 25% of the best
+        flat_from = next(n for (n, _), p in zip(pts, per) if p <= 1.25 * floor)
+        out[opt] = {"params": [n for n, _ in pts], "ns_per_param": per, "slopes": slopes,
+                    "linear_from": flat_from}  # fmt: skip
+    return out
+
+
+def _targets(d: dict) -> list[dict]:
+    t = []
+    big = [r for r in d["opt"] if not r["many"]]
+    if big:
+        n_max = max(r["params"] for r in big)
+        for r in (r for r in big if r["params"] == n_max):
+            t.append(
+                {
+                    "target": f"large-N {r['opt']} step (N={n_max:.0e}): jaxreg ÷ torch fused",
+                    "limit": "≤ 1.0",
+                    "value": r["ratio_fused"],
+                    "met": r["ratio_fused"] <= 1.0,
+                }
+            )
+            t.append({"target": f"large-N {r['opt']} step: bandwidth ÷ same-run triad",
+                      "limit": "≥ 0.85", "value": r["bandwidth_fraction"],
+                      "met": r["bandwidth_fraction"] >= 0.85})  # fmt: skip
+    for key, v in d["reg"].items():
+        if "torch" in key:
+            continue
+        limit = 1.03 if "penalty" in key else 1.02
+        if "proximal" in key:
+            t.append({"target": key, "limit": "(reported)", "value": v, "met": None})
+        else:
+            t.append({"target": key, "limit": f"≤ {limit}", "value": v, "met": v <= limit})
+    for r in (r for r in d["opt"] if r["many"]):
+        name = f"many small leaves, {r['opt']}: jaxreg ÷ best torch ({r['best_torch']})"
+        t.append({"target": name, "limit": "≤ 1.0", "value": r["ratio_best"],
+                  "met": r["ratio_best"] <= 1.0})  # fmt: skip
+    for r in d["train"]:
+        t.append({"target": f"{r['label']}: jaxreg ÷ best eager torch ({r['best_eager']})",
+                  "limit": "≤ 0.7", "value": r["ratio_best_eager"],
+                  "met": r["ratio_best_eager"] <= 0.7})  # fmt: skip
+    return t

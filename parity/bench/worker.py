@@ -1,0 +1,294 @@
+"""One benchmark subject — (framework, variant, case) — in its own process.
+
+Protocol (JSON lines): the parent starts ``python -m parity.bench.worker SPEC_JSON``; the
+worker builds its inputs, runs the correctness guard (``GUARD_STEPS`` steps from the
+shared seeded start), compiles and warms up, and prints ``{"ready": ...}``. Then, for
+each ``{"iters": k}`` line on stdin it times ``k`` steps, each one individually and
+synchronised (``block_until_ready`` on every output in JAX; PyTorch CPU ops are
+synchronous), and prints ``{"times": [...]}``; an empty line or EOF ends it.
+
+Imports only the framework it measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+GUARD_STEPS = 3
+LR, MOMENTUM, WD, ADAMW_WD = 0.01, 0.9, 5e-4, 1e-2
+L2_LAMBDA = WD / 2  # λ·Σw² in the loss ≡ coupled decay 2λ
+L1_THRESHOLD = 1e-6
+
+
+def leaf_sizes(spec: dict) -> list[int]:
+    """Parameter leaves: ``n`` split into 10 leaves, or ``many`` leaves of 1k..64k elements."""
+    if spec.get("many"):
+        count = spec["many"]
+        rng = np.random.default_rng(123)
+        return [int(s) for s in np.exp(rng.uniform(np.log(1024), np.log(65536), count))]
+    n = spec["n"]
+    base = n // 10
+    return [base] * 9 + [n - 9 * base]
+
+
+def initial(spec: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Seeded float32 parameters and gradients (the same in every worker)."""
+    rng = np.random.default_rng(0)
+    sizes = leaf_sizes(spec)
+    params = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
+    grads = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
+    return params, grads
+
+
+def _guard_vector(leaves) -> list[float]:
+    """A fingerprint of the parameters after the guard steps: elements, not sums (a sum of
+    many ULP-level differences can exceed any relative tolerance when it is near zero)."""
+    picked = [np.asarray(x, np.float64)[:32] for x in list(leaves)[:8]]
+    return np.concatenate(picked).tolist()
+
+
+# --- JAX -------------------------------------------------------------------------------
+
+
+def _jax_opt(spec):
+    import optax
+
+    import jaxreg
+
+    opt, variant = spec["opt"], spec["variant"]
+    wd = 0.0 if variant == "jaxreg_nowd" else None
+    if opt == "sgd":
+        tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=WD if wd is None else wd)
+    else:
+        tx = jaxreg.optim.adamw(LR, weight_decay=ADAMW_WD if wd is None else wd)
+    if variant == "jaxreg_prox":
+        tx = optax.chain(tx, jaxreg.prox_l1(L1_THRESHOLD))
+    return tx
+
+
+def _jax_subject(spec):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxreg
+
+    if spec["case"] == "triad":
+        n = spec["n"]
+        b = jnp.ones(n, jnp.float32)
+        c = jnp.full(n, 2.0, jnp.float32)
+        triad = jax.jit(lambda a, b, c: b + 3.0 * c, donate_argnums=0)
+        state = {"a": jnp.zeros(n, jnp.float32)}
+
+        def step():
+            state["a"] = triad(state["a"], b, c).block_until_ready()
+
+        return step, lambda: [float(state["a"][0])]
+
+    if spec["case"] == "train":
+        return _jax_train(spec)
+
+    params0, grads0 = initial(spec)
+    params = [jax.device_put(p) for p in params0]  # jnp.asarray: ~12 ms per new shape
+    grads = [jax.device_put(g) for g in grads0]
+    variant = spec["variant"]
+    if variant in ("penalty_in_loss", "decay_transform"):
+        # The gradient of a linear loss Σ g·w is g; the L2 term is either differentiated
+        # with the loss (λΣw², gradient 2λw) or added by the optimizer (weight_decay = 2λ).
+        in_loss = variant == "penalty_in_loss"
+        tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=0.0 if in_loss else WD)
+
+        def loss(ps, gs):
+            data = sum(jnp.vdot(g, p) for g, p in zip(gs, ps))
+            return data + L2_LAMBDA * jaxreg.l2_penalty(ps) if in_loss else data
+
+        def update(ps, s, gs):
+            u, s = tx.update(jax.grad(loss)(ps, gs), s, ps)
+            return optax.apply_updates(ps, u), s
+    else:
+        tx = _jax_opt(spec)
+
+        def update(ps, s, gs):
+            u, s = tx.update(gs, s, ps)
+            return optax.apply_updates(ps, u), s
+
+    jstep = jax.jit(update, donate_argnums=(0, 1))
+    box = {"p": params, "s": tx.init(params)}
+
+    def step():
+        box["p"], box["s"] = jstep(box["p"], box["s"], grads)
+        jax.block_until_ready((box["p"], box["s"]))
+
+    return step, lambda: _guard_vector(box["p"])
+
+
+def _train_data(spec):
+    from parity.data import load_digits
+
+    d = load_digits()
+    b = spec["batch"]
+    return d.x_train[:b].astype(np.float32), d.y_train[:b]
+
+
+def _jax_train(spec):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxreg
+    from parity import convert, models  # torch: only for the shared initial weights
+
+    x, y = _train_data(spec)
+    fmodel = models.flax_model(spec["model"], jnp.float32)
+    template = fmodel.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
+    tmodel = models.torch_model(spec["model"], 0).float()
+    variables = convert.torch_to_flax(tmodel.state_dict(), models.layers(spec["model"]), template)
+    tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=WD)
+
+    def loss_fn(p, x, y):
+        logits = fmodel.apply({"params": p}, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def train_step(p, s, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    jstep = jax.jit(train_step, donate_argnums=(0, 1))
+    xj, yj = jnp.asarray(models.flax_input(x)), jnp.asarray(y)
+    box = {"p": variables["params"], "loss": 0.0}
+    box["s"] = tx.init(box["p"])
+
+    def step():
+        box["p"], box["s"], loss = jstep(box["p"], box["s"], xj, yj)
+        jax.block_until_ready((box["p"], box["s"], loss))
+        box["loss"] = loss
+
+    return step, lambda: [float(box["loss"])]
+
+
+# --- PyTorch ---------------------------------------------------------------------------
+
+
+def _torch_optimizer(torch, spec, params):
+    variant = spec["variant"].removeprefix("torch_")
+    kw = {}
+    if variant in ("loop", "loop_nowd"):
+        kw["foreach"] = False
+    elif variant in ("foreach", "compile"):
+        kw["foreach"] = True
+    elif variant in ("fused", "fused_nowd"):
+        kw["fused"] = True
+    nowd = variant.endswith("_nowd")
+    if spec["opt"] == "sgd":
+        return torch.optim.SGD(
+            params, lr=LR, momentum=MOMENTUM, weight_decay=0.0 if nowd else WD, **kw
+        )
+    return torch.optim.AdamW(params, lr=LR, weight_decay=0.0 if nowd else ADAMW_WD, **kw)
+
+
+def _torch_subject(spec):
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    if spec["case"] == "triad":
+        n = spec["n"]
+        a, b, c = torch.zeros(n), torch.ones(n), torch.full((n,), 2.0)
+
+        def step():
+            torch.add(b, c, alpha=3.0, out=a)
+
+        return step, lambda: [float(a[0])]
+    if spec["case"] == "train":
+        return _torch_train(torch, spec)
+
+    params0, grads0 = initial(spec)
+    params = [torch.tensor(p, requires_grad=True) for p in params0]
+    for p, g in zip(params, grads0):
+        p.grad = torch.tensor(g)
+    opt = _torch_optimizer(torch, spec, params)
+    if spec["variant"] == "torch_compile":
+        # The recipe of PyTorch's "Compiling the optimizer with torch.compile" tutorial.
+        @torch.compile(fullgraph=False)
+        def step():
+            opt.step()
+    else:
+        step = opt.step
+    return step, lambda: _guard_vector([p.detach().numpy() for p in params])
+
+
+def _torch_train(torch, spec):
+    import torch.nn.functional as F
+
+    from parity import models
+
+    x, y = _train_data(spec)
+    model = models.torch_model(spec["model"], 0).float()
+    xt, yt = torch.tensor(models.torch_input(x)), torch.tensor(y)
+    variant = spec["variant"]
+    opt_spec = dict(
+        spec, opt="sgd", variant="torch_fused" if variant == "torch_compile" else variant
+    )
+    opt = _torch_optimizer(torch, opt_spec, list(model.parameters()))
+    fwd = torch.compile(model) if variant == "torch_compile" else model
+    box = {"loss": 0.0}
+
+    def step():
+        loss = F.cross_entropy(fwd(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        box["loss"] = loss.detach()
+
+    return step, lambda: [float(box["loss"])]
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def main(spec: dict) -> None:
+    if spec["framework"] == "jax":
+        make = _jax_subject
+    else:
+        make = _torch_subject
+    t0 = time.perf_counter()
+    step, fingerprint = make(spec)
+    setup_s = time.perf_counter() - t0
+    # Guard: GUARD_STEPS steps from the shared start. The first also compiles (JAX jit,
+    # torch.compile): its time is reported as compile time, never counted.
+    t0 = time.perf_counter()
+    step()
+    first_s = time.perf_counter() - t0
+    for _ in range(GUARD_STEPS - 1):
+        step()
+    guard = fingerprint()
+    t0 = time.perf_counter()
+    warm = 0
+    while warm < 3 or time.perf_counter() - t0 < 0.3:  # warm-up: caches, allocator, threads
+        step()
+        warm += 1
+    per_step = (time.perf_counter() - t0) / warm
+    print(json.dumps({"ready": True, "setup_s": setup_s, "first_step_s": first_s,
+                      "guard": guard, "per_step_s": per_step}), flush=True)  # fmt: skip
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        times = []
+        for _ in range(json.loads(line)["iters"]):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        print(json.dumps({"times": times}), flush=True)
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    cpus = spec.get("cpus")
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    main(spec)

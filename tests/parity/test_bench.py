@@ -1,0 +1,141 @@
+"""parity.bench: the harness, the correctness guard, the derived ratios and the CLI.
+
+Nothing here asserts a speed (speed goals live in the benchmark's own report); these tests
+check that the harness measures what it says and refuses to count wrong results.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from parity.bench import __main__ as bench_cli
+from parity.bench import report, suite
+from parity.bench.harness import Subject, check_guards, measure
+from tests.helpers import BLOCK_TORCH
+
+TINY = {
+    "sizes": (10_000, 100_000),
+    "reg_size": 100_000,
+    "many": 30,
+    "models": ("mlp",),
+    "triad_n": 100_000,
+    "rounds": 5,
+    "round_s": 0.005,
+    "compile_sizes": (),
+    "ready_s": 120.0,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    return suite.run(TINY, progress=lambda m: None)
+
+
+def test_every_group_is_measured_in_alternating_rounds(tiny_run):
+    labels = [g["label"] for g in tiny_run["groups"]]
+    assert labels[0].startswith("triad")
+    assert "sgd step 30 leaves" in labels and "train mlp batch 128" in labels
+    for g in tiny_run["groups"]:
+        for key, s in g["subjects"].items():
+            assert len(s["rounds"]) == 5, key
+            assert s["min_s"] <= s["median_s"] <= s["max_s"]
+            assert s["compile_s"] > 0 and s["iters"] >= 3
+            assert s["guard_ok"], (g["label"], key, s["guard_err_over_tol"])
+    assert tiny_run["derived"]["guards_ok"]
+
+
+def test_many_leaves_case_has_a_thousand_style_size_spread():
+    sizes = __import__("parity.bench.worker", fromlist=["leaf_sizes"]).leaf_sizes({"many": 1000})
+    assert len(sizes) == 1000 and min(sizes) >= 1024 and max(sizes) <= 65536
+
+
+def test_report_and_files(tiny_run, tmp_path):
+    text = report.table(tiny_run)
+    assert "correctness guard: all subjects agree" in text
+    assert "targets:" in text and ("MISSED" in text or "MET" in text)
+    written = report.write(tiny_run, tmp_path)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["environment"]["threads"] >= 1 and data["environment"]["versions"]["torch"]
+    assert (tmp_path / "bench.png").stat().st_size > 10_000 and len(written) == 2
+
+
+def test_guard_catches_a_semantic_difference():
+    """A step without weight decay posing as the same semantics must fail the guard."""
+    case = {"case": "opt", "kind": "opt", "opt": "sgd", "n": 10_000, "threads": 1, "cpus": None}
+    subjects = [
+        Subject("jax", "jaxreg", "sgd/wd"),
+        Subject("torch", "torch_fused", "sgd/wd"),
+        Subject("torch", "torch_fused_nowd", "sgd/wd"),  # wrong on purpose
+    ]
+    measure(case, subjects, rounds=1, round_s=0.001)
+    check_guards("opt", subjects)
+    ok = [s.result["guard_ok"] for s in subjects]
+    assert ok == [True, True, False]
+    assert subjects[1].result["guard_err_over_tol"] < 1.0 < subjects[2].result["guard_err_over_tol"]
+
+
+def _fake(med: dict[str, float], n: int, opt: str = "sgd", extra=None) -> dict:
+    subjects = {
+        k: {"median_s": v, "min_s": v, "max_s": v, "guard_ok": True} for k, v in med.items()
+    }
+    spec = {"case": "opt", "kind": "opt", "opt": opt, "n": n}
+    return {"label": f"{opt} {n}", "spec": spec, "params": n, "subjects": subjects}
+
+
+def test_derived_ratios_by_hand():
+    triad = {"label": "triad", "spec": {"case": "triad", "n": 1_000_000},
+             "subjects": {"jax:triad": {"median_s": 0.003, "guard_ok": True},
+                          "torch:triad": {"median_s": 0.002, "guard_ok": True}}}  # fmt: skip
+    g = _fake({"jax:jaxreg": 0.010, "jax:jaxreg_nowd": 0.008, "jax:jaxreg_prox": 0.011,
+               "jax:penalty_in_loss": 0.0105, "jax:decay_transform": 0.010,
+               "torch:torch_loop": 0.04, "torch:torch_foreach": 0.02,
+               "torch:torch_fused": 0.008, "torch:torch_fused_nowd": 0.008},
+              10_000_000)  # fmt: skip
+    d = suite.derive({"groups": [triad, g]})
+    assert d["triad_ref_GBps"] == pytest.approx(12 * 1e6 / 0.002 / 1e9)  # 6 GB/s, the faster
+    row = d["opt"][0]
+    assert row["best_torch"] == "torch_fused"
+    assert row["ratio_best"] == pytest.approx(1.25) and row["ratio_fused"] == pytest.approx(1.25)
+    # 20 B/param × 1e7 / 0.010 s = 20 GB/s against a 6 GB/s triad
+    assert row["bandwidth_fraction"] == pytest.approx(20e9 / 6e9)
+    assert d["reg"]["sgd: weight decay on ÷ off"] == pytest.approx(1.25)
+    assert d["reg"]["sgd: L2 penalty in the loss ÷ decay transform"] == pytest.approx(1.05)
+    targets = {t["target"]: t for t in d["targets"]}
+    assert targets["sgd: weight decay on ÷ off"]["met"] is False
+    assert targets["large-N sgd step (N=1e+07): jaxreg ÷ torch fused"]["value"] == 1.25
+
+
+def test_scaling_slope_and_linear_onset():
+    rows = [{"opt": "sgd", "many": False, "params": n, "jaxreg_s": t}
+            for n, t in [(1e5, 1e-3), (1e6, 2e-3), (1e7, 1e-2), (1e8, 1e-1)]]  # fmt: skip
+    s = suite._scaling(rows)["sgd"]
+    assert s["slopes"] == pytest.approx([0.30103, 0.69897, 1.0], abs=1e-5)
+    assert s["linear_from"] == 1e7  # 1 ns/param from 1e7 on; 10 and 2 ns/param before
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--rounds", "3"], "--rounds must be at least 5"),
+        (["--bogus"], "unrecognized arguments"),
+    ],  # fmt: skip
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_missing_extra_names_it():
+    code = BLOCK_TORCH + "from parity.bench.__main__ import main; sys.exit(main(['--quick']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        'parity.bench: error: missing torch: install the parity extra, pip install -e ".[parity]"'
+    )
