@@ -143,8 +143,9 @@ def environment(threads: int, cpus: list[int], cfg: dict) -> dict:
 
 
 def _med(group: dict, key: str) -> float | None:
+    """A subject's median time; None if it was not timed or failed the correctness guard."""
     s = group["subjects"].get(key)
-    return s.get("median_s") if s else None
+    return s.get("median_s") if s and s.get("guard_ok") else None
 
 
 def derive(results: dict) -> dict:
@@ -158,12 +159,14 @@ def derive(results: dict) -> dict:
     triad_bw = max(bw.values())
     d: dict[str, Any] = {"triad_GBps": {k: v / 1e9 for k, v in bw.items()},
                          "triad_ref_GBps": triad_bw / 1e9,
-                         "opt": [], "train": [], "reg": {}}  # fmt: skip
+                         "opt": [], "train": [], "reg": {}, "reg_hlo_bytes": {}}  # fmt: skip
     for g in groups:
         spec = g["spec"]
         if spec["case"] == "opt":
             jx = _med(g, "jax:jaxreg")
             torch_t = {v: _med(g, f"torch:{v}") for v in TORCH_VARIANTS if _med(g, f"torch:{v}")}
+            if jx is None or "torch_fused" not in torch_t:
+                continue  # not comparable: listed under "excluded" / "not timed"
             best = min(torch_t, key=torch_t.get)
             n = g["params"]
             row = {
@@ -177,15 +180,29 @@ def derive(results: dict) -> dict:
                     BYTES_PER_PARAM[spec["opt"]] * n / torch_t["torch_fused"] / triad_bw,
                 "ns_per_param": jx / n * 1e9,
             }  # fmt: skip
+            hlo = g["subjects"]["jax:jaxreg"].get("hlo")
+            if hlo:  # what XLA actually moves: one loop per output array on CPU
+                row["hlo_fusions_per_leaf"] = hlo["fusions_per_leaf"]
+                row["hlo_bytes_per_param"] = hlo["bytes_per_param"]
+                row["hlo_bandwidth_fraction"] = hlo["bytes_per_param"] * n / jx / triad_bw
             d["opt"].append(row)
-            if "jax:jaxreg_nowd" in g["subjects"]:
+            reg_keys = ("jax:jaxreg_nowd", "torch:torch_fused_nowd", "jax:jaxreg_prox")
+            if all(_med(g, k) for k in reg_keys):
                 opt = spec["opt"]
                 d["reg"][f"{opt}: weight decay on ÷ off"] = jx / _med(g, "jax:jaxreg_nowd")
+                nowd_hlo = g["subjects"]["jax:jaxreg_nowd"].get("hlo")
+                if hlo and nowd_hlo:
+                    d["reg_hlo_bytes"][opt] = {"on": hlo["bytes_per_param"],
+                                               "off": nowd_hlo["bytes_per_param"]}  # fmt: skip
                 d["reg"][f"{opt}: torch fused, decay on ÷ off"] = torch_t["torch_fused"] / _med(
                     g, "torch:torch_fused_nowd"
                 )
                 d["reg"][f"{opt}: + proximal L1 ÷ plain step"] = _med(g, "jax:jaxreg_prox") / jx
-                if opt == "sgd":
+                if (
+                    opt == "sgd"
+                    and _med(g, "jax:penalty_in_loss")
+                    and _med(g, "jax:decay_transform")
+                ):
                     d["reg"]["sgd: L2 penalty in the loss ÷ decay transform"] = _med(
                         g, "jax:penalty_in_loss"
                     ) / _med(g, "jax:decay_transform")
@@ -193,6 +210,8 @@ def derive(results: dict) -> dict:
         elif spec["case"] == "train":
             jx = _med(g, "jax:jaxreg")
             eager = {v: _med(g, f"torch:{v}") for v in EAGER if _med(g, f"torch:{v}")}
+            if jx is None or not eager:
+                continue
             best = min(eager, key=eager.get)
             comp = _med(g, "torch:torch_compile")
             d["train"].append({
@@ -202,7 +221,21 @@ def derive(results: dict) -> dict:
             })  # fmt: skip
     d["scaling"] = _scaling(d["opt"])
     d["targets"] = _targets(d)
-    d["guards_ok"] = all(s.get("guard_ok", False) for g in groups for s in g["subjects"].values())
+    # The run is judged on jaxreg: every jaxreg subject must match torch's reference. A torch
+    # variant that disagrees with torch's own for-loop is excluded and listed, not fatal.
+    d["guards_ok"] = all(
+        s.get("guard_ok", False)
+        for g in groups
+        for k, s in g["subjects"].items()
+        if k.startswith("jax:") and "error" not in s
+    )
+    d["excluded"] = [
+        f"{g['label']} {k}: differs from {s['guard_vs']} by {s['guard_err_over_tol']:.1f}× the "
+        "guard tolerance"
+        for g in groups
+        for k, s in g["subjects"].items()
+        if "error" not in s and not s.get("guard_ok")
+    ]
     return d
 
 

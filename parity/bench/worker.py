@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -124,7 +125,47 @@ def _jax_subject(spec):
         box["p"], box["s"] = jstep(box["p"], box["s"], grads)
         jax.block_until_ready((box["p"], box["s"]))
 
+    hlo = jstep.lower(box["p"], box["s"], grads).compile().as_text()
+    step.hlo = hlo_traffic(hlo, sum(int(p.size) for p in params), len(params))
     return step, lambda: _guard_vector(box["p"])
+
+
+_SHAPE = re.compile(r"\b(f16|bf16|f32|f64|s32|u32|s64|pred|s8|u8)\[([\d,]*)\]")
+_BYTES = {"f16": 2, "bf16": 2, "f32": 4, "f64": 8, "s32": 4, "u32": 4, "s64": 8, "pred": 1,
+          "s8": 1, "u8": 1}  # fmt: skip
+
+
+def _nbytes(shape_text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(shape_text):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * _BYTES[dtype]
+    return total
+
+
+def hlo_traffic(hlo: str, n_params: int, n_leaves: int) -> dict:
+    """From the compiled HLO's entry computation: loop fusions, and the bytes they read and
+    write per parameter (each fusion reads its operands and writes its result once)."""
+    entry = hlo[hlo.index("ENTRY") :]
+    header, body = entry.split("{", 1)
+    sizes = {}
+    for name, shape in re.findall(r"(\S+): ([^,)]+\])", header):
+        sizes[name] = _nbytes(shape)
+    fusions, moved = 0, 0
+    for line in body.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?(\S+) = (.+?) (\w[\w-]*)\((.*?)\)", line)
+        if not m:
+            continue
+        name, shape, op, args = m.groups()
+        sizes[name] = _nbytes(shape)
+        if op == "fusion":
+            fusions += 1
+            moved += sizes[name] + sum(sizes.get(a.strip().lstrip("%"), 0)
+                                       for a in args.split(","))  # fmt: skip
+    return {"fusions": fusions, "fusions_per_leaf": fusions / n_leaves,
+            "bytes_per_param": moved / n_params}  # fmt: skip
 
 
 def _train_data(spec):
@@ -274,7 +315,8 @@ def main(spec: dict) -> None:
         warm += 1
     per_step = (time.perf_counter() - t0) / warm
     print(json.dumps({"ready": True, "setup_s": setup_s, "first_step_s": first_s,
-                      "guard": guard, "per_step_s": per_step}), flush=True)  # fmt: skip
+                      "guard": guard, "per_step_s": per_step,
+                      "hlo": getattr(step, "hlo", None)}), flush=True)  # fmt: skip
     for line in sys.stdin:
         if not line.strip():
             break

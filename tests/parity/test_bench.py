@@ -18,7 +18,7 @@ from parity.bench.harness import Subject, check_guards, measure
 from tests.helpers import BLOCK_TORCH
 
 TINY = {
-    "sizes": (10_000, 100_000),
+    "sizes": (100_000,),
     "reg_size": 100_000,
     "many": 30,
     "models": ("mlp",),
@@ -55,7 +55,7 @@ def test_many_leaves_case_has_a_thousand_style_size_spread():
 
 def test_report_and_files(tiny_run, tmp_path):
     text = report.table(tiny_run)
-    assert "correctness guard: all subjects agree" in text
+    assert "correctness guard: every jaxreg subject matches torch's reference" in text
     assert "targets:" in text and ("MISSED" in text or "MET" in text)
     written = report.write(tiny_run, tmp_path)
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -95,7 +95,15 @@ def test_derived_ratios_by_hand():
                "torch:torch_loop": 0.04, "torch:torch_foreach": 0.02,
                "torch:torch_fused": 0.008, "torch:torch_fused_nowd": 0.008},
               10_000_000)  # fmt: skip
+    g["subjects"]["torch:torch_compile"] = {  # fastest, but wrong: must not count
+        "median_s": 0.001, "guard_ok": False, "guard_vs": "torch/torch_loop",
+        "guard_err_over_tol": 37.0}  # fmt: skip
     d = suite.derive({"groups": [triad, g]})
+    assert d["excluded"] == [
+        "sgd 10000000 torch:torch_compile: differs from torch/torch_loop by 37.0× the guard "
+        "tolerance"
+    ]
+    assert d["guards_ok"]  # judged on jaxreg's subjects
     assert d["triad_ref_GBps"] == pytest.approx(12 * 1e6 / 0.002 / 1e9)  # 6 GB/s, the faster
     row = d["opt"][0]
     assert row["best_torch"] == "torch_fused"
@@ -139,3 +147,19 @@ def test_missing_extra_names_it():
     assert proc.stderr.strip() == (
         'parity.bench: error: missing torch: install the parity extra, pip install -e ".[parity]"'
     )
+
+
+def test_hlo_traffic_counts_loop_fusions_and_their_bytes():
+    import jax
+    import jax.numpy as jnp
+
+    from parity.bench.worker import hlo_traffic
+
+    n = 1000
+    a, b = jnp.ones(n, jnp.float32), jnp.ones(n, jnp.float32)
+    hlo = jax.jit(lambda a, b: a * 2 + b).lower(a, b).compile().as_text()
+    t = hlo_traffic(hlo, n, 1)
+    assert t["fusions"] == 1
+    assert t["bytes_per_param"] == 12  # reads a and b, writes the result: 3 × 4 B
+    two = jax.jit(lambda a, b: (a * 2 + b, a - b)).lower(a, b).compile().as_text()
+    assert hlo_traffic(two, n, 1)["bytes_per_param"] in (16, 24)  # one 2-output loop, or two
