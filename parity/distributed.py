@@ -211,6 +211,8 @@ def _launch(
             p.wait()
         for log in logs:
             log.close()
+        if not isinstance(e, Exception):  # KeyboardInterrupt/SystemExit: workers gone, re-raise
+            raise
         tails = []
         for rank in range(len(procs)):
             text = (out / f"{kind}_rank{rank}.log").read_text(errors="replace")
