@@ -118,7 +118,7 @@ def plot(results: dict, path: Path) -> Path:
                                             for v in TORCH_VARIANTS}}  # fmt: skip
         for name, key in series.items():
             pts = [(r["params"], by_label[r["label"]]["subjects"][key]) for r in rows
-                   if "median_s" in by_label[r["label"]]["subjects"].get(key, {})]  # fmt: skip
+                   if by_label[r["label"]]["subjects"].get(key, {}).get("guard_ok")]  # fmt: skip
             if not pts:
                 continue
             x = np.array([p for p, _ in pts], float)
