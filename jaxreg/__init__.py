@@ -14,6 +14,11 @@ from jaxreg._decay import (
 from jaxreg._guard import skip_nonfinite
 from jaxreg._penalties import elastic_net_penalty, l1_penalty, l2_penalty, regularized
 from jaxreg._prox import prox_elastic_net, prox_l1, soft_threshold
+from jaxreg._structured import (
+    equivalent_weight_decay,
+    group_lasso_penalty,
+    l2_to_reference_penalty,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +29,9 @@ __all__ = [
     "l2_penalty",
     "elastic_net_penalty",
     "regularized",
+    "group_lasso_penalty",
+    "l2_to_reference_penalty",
+    "equivalent_weight_decay",
     "add_weight_decay",
     "decoupled_weight_decay",
     "add_l1_decay",

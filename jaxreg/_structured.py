@@ -1,0 +1,158 @@
+"""Group lasso, L2 towards a reference (L2-SP), and the L2 ↔ weight-decay conventions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxreg._penalties import _acc_dtype, _sum_over
+from jaxreg._tree import leaf_paths, path_str
+from jaxreg._validate import check_nonnegative, concrete_float
+from jaxreg.masks import MaskLike, resolve
+
+__all__ = ["group_lasso_penalty", "l2_to_reference_penalty", "equivalent_weight_decay"]
+
+_GROUPS = ("leaves", "rows", "columns")
+
+
+def _safe_norm(sq: jax.Array) -> jax.Array:
+    """sqrt(sq) with gradient 0 where sq == 0 (torch's ``vector_norm`` backward at 0)."""
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def group_lasso_penalty(params: Any, groups: str = "leaves", mask: MaskLike = None) -> jax.Array:
+    r"""Group lasso, :math:`\sum_g \lVert w_g \rVert_2`, over the selected leaves.
+
+    The groups are, per leaf ``w``:
+
+    - ``"leaves"``: the whole leaf, :math:`\lVert w \rVert_2`;
+    - ``"rows"``: ``w[i, ...]`` for each index ``i`` of the first axis;
+    - ``"columns"``: ``w[..., j]`` for each index ``j`` of the last axis.
+
+    A Flax ``Dense`` kernel is ``(in, out)``, so its ``"columns"`` are the output units
+    (the *rows* of the same layer's ``torch.nn.Linear.weight``, ``(out, in)``); a 1-D leaf
+    under ``"rows"``/``"columns"`` has one-element groups (its L1 norm). No
+    :math:`\sqrt{|g|}` group-size weighting (scikit-learn's ``MultiTaskLasso`` has none).
+    The gradient is :math:`w_g / \lVert w_g \rVert_2`, and 0 for a group that is exactly
+    zero, as PyTorch autograd gives for ``torch.linalg.vector_norm``.
+
+    Args:
+      params: a pytree of arrays.
+      groups: ``"leaves"``, ``"rows"`` or ``"columns"``.
+      mask: which leaves to include; see :mod:`jaxreg.masks`.
+
+    Returns:
+      A scalar of dtype ``promote(float32, leaf dtypes)``; ``0.0`` if nothing is selected.
+
+    Raises:
+      ValueError: unknown ``groups``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> w = {"k": jnp.array([[3.0, 4.0], [0.0, 0.0]])}
+      >>> float(jaxreg.group_lasso_penalty(w, groups="rows"))
+      5.0
+    """
+    if groups not in _GROUPS:
+        raise ValueError(f"groups must be one of {_GROUPS}, got {groups!r}")
+
+    def term(x: jax.Array) -> jax.Array:
+        sq = x * x
+        if groups == "leaves" or x.ndim == 0:
+            return _safe_norm(jnp.sum(sq))
+        axes = tuple(range(1, x.ndim)) if groups == "rows" else tuple(range(x.ndim - 1))
+        return _safe_norm(jnp.sum(sq, axis=axes))
+
+    return _sum_over(params, mask, term)
+
+
+def l2_to_reference_penalty(params: Any, reference: Any, mask: MaskLike = None) -> jax.Array:
+    r"""L2 towards reference weights (L2-SP), :math:`\sum_i (w_i - w^{\mathrm{ref}}_i)^2`.
+
+    "Decay towards the pretrained weights" (Li et al., 2018, *Explicit Inductive Bias for
+    Transfer Learning*; praxis' L2-to-initial). Same convention as :func:`l2_penalty`
+    (no :math:`\tfrac12`): gradient :math:`2 (w - w^{\mathrm{ref}})`; no gradient flows
+    into ``reference``.
+
+    Args:
+      params: a pytree of arrays.
+      reference: a pytree with the same structure and shapes (e.g. the pretrained params).
+      mask: which leaves of ``params`` to include; see :mod:`jaxreg.masks`.
+
+    Returns:
+      A scalar of dtype ``promote(float32, leaf dtypes)``; ``0.0`` if nothing is selected.
+
+    Raises:
+      ValueError: ``reference`` has another structure or a leaf of another shape (naming
+        the path).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> w, w0 = {"k": jnp.array([1.0, 3.0])}, {"k": jnp.array([1.0, 1.0])}
+      >>> float(jaxreg.l2_to_reference_penalty(w, w0))
+      4.0
+    """
+    p_leaves, r_leaves = jax.tree.leaves(params), jax.tree.leaves(reference)
+    if jax.tree.structure(params) != jax.tree.structure(reference):
+        raise ValueError(
+            "reference must have the structure of params: "
+            f"{jax.tree.structure(reference)} vs {jax.tree.structure(params)}"
+        )
+    for path, p, r in zip(leaf_paths(params), p_leaves, r_leaves):
+        if jnp.shape(p) != jnp.shape(r):
+            raise ValueError(
+                f"reference leaf {path_str(path)!r} has shape {jnp.shape(r)}, params {jnp.shape(p)}"
+            )
+    selected = resolve(mask, params)
+    diffs = [
+        jnp.asarray(p) - jax.lax.stop_gradient(jnp.asarray(r, jnp.asarray(p).dtype))
+        for p, r, s in zip(p_leaves, r_leaves, selected)
+        if s
+    ]
+    terms = [jnp.sum(jnp.square(d.astype(_acc_dtype(d)))) for d in diffs]
+    if not terms:
+        return jnp.zeros((), jnp.float32)
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def equivalent_weight_decay(l2: float, convention: str = "sum") -> float:
+    r"""The SGD ``weight_decay`` that equals an L2 penalty of strength ``l2`` in the loss.
+
+    - ``convention="sum"``: penalty :math:`\lambda \sum w^2` (jaxreg's
+      :func:`l2_penalty`, the usual PyTorch loop ``l2 * sum(p.pow(2).sum())``, Keras'
+      ``L2(l2)``): gradient :math:`2\lambda w`, so ``weight_decay = 2 * l2``.
+    - ``convention="half"``: penalty :math:`\tfrac{\lambda}{2} \sum w^2` (textbook
+      :math:`\tfrac12\lambda\lVert w\rVert^2`, Optax's ``add_decayed_weights`` viewed as a
+      penalty): gradient :math:`\lambda w`, so ``weight_decay = l2``.
+
+    Exact for plain SGD (and for coupled decay in any optimizer: the same gradient);
+    *not* equal to decoupled decay (AdamW), which no loss penalty reproduces.
+
+    Args:
+      l2: the penalty's strength, ``>= 0``.
+      convention: ``"sum"`` or ``"half"``.
+
+    Returns:
+      The equivalent coupled weight decay, a float.
+
+    Raises:
+      ValueError: negative or non-finite ``l2``; unknown ``convention``.
+
+    Example:
+      >>> import jaxreg
+      >>> jaxreg.equivalent_weight_decay(5e-4), jaxreg.equivalent_weight_decay(5e-4, "half")
+      (0.001, 0.0005)
+    """
+    if callable(l2) or isinstance(l2, jax.core.Tracer):
+        raise ValueError(f"l2 must be a concrete float, got {l2!r}")
+    check_nonnegative("l2", l2)
+    if convention not in ("sum", "half"):
+        raise ValueError(f"convention must be 'sum' or 'half', got {convention!r}")
+    value = concrete_float(l2)
+    return 2.0 * value if convention == "sum" else value
