@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative
+from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve
 
 __all__ = [
@@ -117,28 +117,55 @@ def add_weight_decay(weight_decay: ScalarOrSchedule, mask: MaskLike = None):
     return regularizing_transform(lambda g, p, wd: g + wd * p, {"weight_decay": weight_decay}, mask)
 
 
+_MODES = ("lr", "schedule", "fixed", "corrected", "lr_power")
+
+
 def decoupled_weight_decay(
-    weight_decay: ScalarOrSchedule, learning_rate: ScalarOrSchedule, mask: MaskLike = None
+    weight_decay: ScalarOrSchedule,
+    learning_rate: ScalarOrSchedule,
+    mask: MaskLike = None,
+    *,
+    mode: str = "lr",
+    max_learning_rate: float | None = None,
+    power: float = 1.0,
 ):
-    r"""Decoupled weight decay: :math:`u \leftarrow u - \eta_t \lambda\,\theta_{t-1}`.
+    r"""Decoupled weight decay: :math:`u \leftarrow u - \lambda\, f(\eta_t)\, \theta_{t-1}`.
 
     Chained *after* a base optimizer, the step becomes
-    :math:`\theta_t = \theta_{t-1}(1 - \eta_t\lambda) + \text{base update}` --
-    PyTorch ``AdamW``'s ``param.mul_(1 - lr * weight_decay)`` (Loshchilov & Hutter),
-    with :math:`\eta_t` the learning rate at this step. ``learning_rate`` may be a
-    schedule, evaluated on this transform's own count, which advances once per
-    update exactly as the count of the optimizer it is chained with.
+    :math:`\theta_t = \theta_{t-1}(1 - \lambda f(\eta_t)) + \text{base update}`, with
+    :math:`\eta_t` the learning rate at this step. ``learning_rate`` may be a schedule,
+    evaluated on this transform's own count, which advances once per update exactly as
+    the count of the optimizer it is chained with. ``mode`` picks :math:`f`, i.e. which
+    library's convention the decay follows:
+
+    - ``"lr"`` (default): :math:`f(\eta) = \eta` -- PyTorch ``AdamW``'s
+      ``param.mul_(1 - lr * weight_decay)``, Optax's ``adamw``, Keras.
+    - ``"schedule"``: :math:`f(\eta) = \eta / \eta_{\max}` -- the schedule multiplier
+      only, as in Loshchilov & Hutter's Algorithm 2 (:math:`\theta \leftarrow \theta -
+      \eta_t\lambda\theta` with :math:`\eta_t` the multiplier) and big_vision.
+    - ``"fixed"``: :math:`f = 1` -- a constant decay per step (t5x's ``weight_decay_rate``,
+      TF-Addons' ``DecoupledWeightDecayExtension``).
+    - ``"corrected"``: :math:`f(\eta) = \eta^2 / \eta_{\max}` -- timm's corrected weight
+      decay (decay strength proportional to the current lr, independent of the peak lr).
+    - ``"lr_power"``: :math:`f(\eta) = \eta^{k}` with ``power`` :math:`k` (t5x's
+      ``weight_decay`` scaled by ``lr**k``).
 
     Args:
       weight_decay: :math:`\lambda \ge 0`; float, scalar array or schedule.
       learning_rate: :math:`\eta_t \ge 0`; float, scalar array or schedule.
       mask: which leaves decay; see :mod:`jaxreg.masks`.
+      mode: one of ``"lr"``, ``"schedule"``, ``"fixed"``, ``"corrected"``, ``"lr_power"``.
+      max_learning_rate: :math:`\eta_{\max} > 0` for ``"schedule"`` and ``"corrected"``;
+        defaults to ``learning_rate`` when that is a constant (required for a schedule).
+      power: :math:`k \ge 0` for ``"lr_power"``.
 
     Returns:
       An ``optax.GradientTransformation``.
 
     Raises:
-      ValueError: on negative or non-finite hyperparameters, or a mask that does not fit.
+      ValueError: on negative or non-finite hyperparameters, an unknown ``mode``, a
+        missing ``max_learning_rate`` for a scheduled learning rate, or a mask that does
+        not fit.
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxreg
@@ -151,8 +178,28 @@ def decoupled_weight_decay(
     References:
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
     """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode in ("schedule", "corrected"):
+        if max_learning_rate is None:
+            if callable(learning_rate):
+                raise ValueError(
+                    f"mode={mode!r} with a learning-rate schedule needs max_learning_rate"
+                )
+            max_learning_rate = concrete_float(learning_rate)
+        check_nonnegative("max_learning_rate", max_learning_rate)
+        if not max_learning_rate > 0:
+            raise ValueError(f"max_learning_rate must be > 0, got {max_learning_rate}")
+    check_nonnegative("power", power)
+    factor = {
+        "lr": lambda lr: lr,
+        "schedule": lambda lr: lr / max_learning_rate,
+        "fixed": lambda lr: jnp.ones_like(lr),
+        "corrected": lambda lr: lr * lr / max_learning_rate,
+        "lr_power": lambda lr: lr**power,
+    }[mode]
     return regularizing_transform(
-        lambda u, p, wd, lr: u - lr * wd * p,
+        lambda u, p, wd, lr: u - factor(lr) * wd * p,
         {"weight_decay": weight_decay, "learning_rate": learning_rate},
         mask,
     )

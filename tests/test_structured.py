@@ -20,7 +20,10 @@ def _tree(seed=0):
     k = rng.normal(size=(4, 3))
     k[1] = 0.0  # a zero row: the kink
     k[:, 2] = 0.0  # a zero column
-    return {"dense": {"kernel": k, "bias": np.array([0.0, -0.5, 2.0])}, "conv": rng.normal(size=(2, 2, 3, 5))}
+    return {
+        "dense": {"kernel": k, "bias": np.array([0.0, -0.5, 2.0])},
+        "conv": rng.normal(size=(2, 2, 3, 5)),
+    }
 
 
 def _torch_group_lasso(leaf: torch.Tensor, groups: str) -> torch.Tensor:
