@@ -95,7 +95,8 @@ def parse_args(argv):
     return args
 
 
-def _check_dependencies() -> str | None:
+def missing_extra() -> str | None:
+    """None, or one line naming the missing modules of the ``parity`` extra and the fix."""
     missing = []
     for mod in ("torch", "sklearn", "matplotlib"):
         try:
@@ -179,7 +180,7 @@ def _distributed(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    problem = _check_dependencies()
+    problem = missing_extra()
     if problem:
         sys.stderr.write(f"parity: error: {problem}\n")
         return 2

@@ -28,17 +28,11 @@ def main(argv=None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.rounds is not None and args.rounds < 5:
         p.error("--rounds must be at least 5")
-    missing = []
-    for mod in ("torch", "matplotlib", "sklearn"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        sys.stderr.write(
-            f"parity.bench: error: missing {', '.join(missing)}: install the parity extra, "
-            'pip install -e ".[parity]"\n'
-        )
+    from parity.cli import missing_extra
+
+    problem = missing_extra()
+    if problem:
+        sys.stderr.write(f"parity.bench: error: {problem}\n")
         return 2
     from parity.bench import report, suite
     from parity.bench.harness import BenchError

@@ -9,7 +9,7 @@ from parity.bench.suite import BYTES_PER_PARAM, TORCH_VARIANTS
 
 
 def _ms(x: float | None) -> str:
-    return "—" if x is None else f"{x * 1e3:9.3f}"
+    return "—" if x is None else f"{x * 1e3:.3f}"
 
 
 def table(results: dict) -> str:
@@ -29,26 +29,24 @@ def table(results: dict) -> str:
         + f" {'÷best':>6s} {'÷fused':>6s} {'BW/triad':>8s} {'HLO B/p':>7s}",
     ]
     by_label = {g["label"]: g for g in results["groups"]}
-    for r in d["opt"]:
-        g = by_label[r["label"]]["subjects"]
+
+    def row_start(label: str) -> str:  # the case and its times: jaxreg, then each torch variant
+        g = by_label[label]["subjects"]
         cells = [_ms(g["jax:jaxreg"]["median_s"])]
         for v in TORCH_VARIANTS:
-            s = g.get(f"torch:{v}")
-            cells.append(_ms(s.get("median_s")) if s else f"{'—':>9s}")
+            sub = g.get(f"torch:{v}", {})
+            mark = "" if sub.get("guard_ok") or "median_s" not in sub else "*"
+            cells.append(_ms(sub.get("median_s")) + mark)
+        return f"{label:26s} " + " ".join(f"{c:>10s}" for c in cells)
+
+    for r in d["opt"]:
         lines.append(
-            f"{r['label']:26s} "
-            + " ".join(f"{c:>10s}" for c in cells)
+            row_start(r["label"])
             + f" {r['ratio_best']:6.2f} {r['ratio_fused']:6.2f} {r['bandwidth_fraction']:8.2f}"
             + f" {r.get('hlo_bytes_per_param', float('nan')):7.1f}"
         )
     for r in d["train"]:
-        g = by_label[r["label"]]["subjects"]
-        cells = [_ms(g["jax:jaxreg"]["median_s"])]
-        for v in TORCH_VARIANTS:
-            s = g.get(f"torch:{v}")
-            cells.append(_ms(s.get("median_s")) if s else f"{'—':>9s}")
-        lines.append(f"{r['label']:26s} " + " ".join(f"{c:>10s}" for c in cells)
-                     + f" {r['ratio_best_eager']:6.2f}  (÷ best eager)")  # fmt: skip
+        lines.append(row_start(r["label"]) + f" {r['ratio_best_eager']:6.2f}  (÷ best eager)")
     if d["reg"]:
         lines += ["", f"regularization overhead (N={d.get('reg_params', 0):.0e}):"]
         lines += [f"  {k:48s} {v:6.3f}" for k, v in d["reg"].items()]
@@ -74,7 +72,7 @@ def table(results: dict) -> str:
     if dropped:
         lines += ["", "not timed:"] + [f"  {x}" for x in dropped]
     if d["excluded"]:
-        lines += ["", "excluded by the correctness guard (not timed against the others):"]
+        lines += ["", "* excluded by the correctness guard (not compared with the others):"]
         lines += [f"  {x}" for x in d["excluded"]]
     lines.append("")
     lines.append(
