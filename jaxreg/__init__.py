@@ -18,6 +18,7 @@ from jaxreg._structured import (
     equivalent_weight_decay,
     group_lasso_penalty,
     l2_to_reference_penalty,
+    orthogonal_penalty,
 )
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "regularized",
     "group_lasso_penalty",
     "l2_to_reference_penalty",
+    "orthogonal_penalty",
     "equivalent_weight_decay",
     "add_weight_decay",
     "decoupled_weight_decay",

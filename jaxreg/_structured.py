@@ -1,4 +1,5 @@
-"""Group lasso, L2 towards a reference (L2-SP), and the L2 ↔ weight-decay conventions."""
+"""Group lasso, orthogonality (Keras), L2 towards a reference (L2-SP), and the L2 ↔ weight-decay
+conventions."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxreg._penalties import _acc_dtype, _sum_over
+from jaxreg._penalties import _abs, _acc_dtype, _sum_over
 from jaxreg._tree import leaf_paths, path_str
 from jaxreg._validate import check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve
 
-__all__ = ["group_lasso_penalty", "l2_to_reference_penalty", "equivalent_weight_decay"]
+__all__ = [
+    "group_lasso_penalty",
+    "orthogonal_penalty",
+    "l2_to_reference_penalty",
+    "equivalent_weight_decay",
+]
 
 _GROUPS = ("leaves", "rows", "columns")
 
@@ -67,6 +73,73 @@ def group_lasso_penalty(params: Any, groups: str = "leaves", mask: MaskLike = No
         return _safe_norm(jnp.sum(sq, axis=axes))
 
     return _sum_over(params, mask, term)
+
+
+def orthogonal_penalty(
+    params: Any, mode: str = "rows", mask: MaskLike = None, epsilon: float = 1e-7
+) -> jax.Array:
+    r"""Keras' ``OrthogonalRegularizer`` (factor 1), summed over the selected 2-D leaves.
+
+    Keras 3 (``keras/src/regularizers/regularizers.py``): rows (or columns) are
+    L2-normalised, :math:`\hat w_i = w_i \cdot \min(\lVert w_i \rVert^{-1},
+    1/\epsilon)`, then
+
+    .. math:: \tfrac12 \sum_{i \ne j} |\hat w_i \cdot \hat w_j| \,/\, \tfrac{n(n-1)}{2}
+
+    over the :math:`n` rows (``mode="rows"``: ``w[i, :]``) or columns (``w[:, j]``): the
+    mean absolute cosine between distinct rows. Keras' ``Dense`` kernel is ``(in, out)``
+    like Flax's, so the modes mean the same thing on both. Multiply by Keras' ``factor``
+    yourself. Gradients use sign(0) = 0 for the absolute value and are finite for
+    all-zero rows.
+
+    Args:
+      params: a pytree of arrays; every selected leaf must be 2-D.
+      mode: ``"rows"`` or ``"columns"``.
+      mask: which leaves to include (e.g. ``jaxreg.masks.min_ndim(2)``).
+      epsilon: Keras' ``backend.epsilon()``, the lower bound on a row's norm.
+
+    Returns:
+      A scalar; ``0.0`` if nothing is selected.
+
+    Raises:
+      ValueError: unknown ``mode``; a selected leaf that is not 2-D or has fewer than 2
+        rows/columns (naming its path).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> w = {"k": jnp.array([[1.0, 0.0], [1.0, 1.0]])}  # cosine 1/√2 between the rows
+      >>> round(float(jaxreg.orthogonal_penalty(w)), 6)
+      0.707107
+    """
+    if mode not in ("rows", "columns"):
+        raise ValueError(f"mode must be 'rows' or 'columns', got {mode!r}")
+    selected = resolve(mask, params)
+    terms = []
+    for path, leaf, s in zip(leaf_paths(params), jax.tree.leaves(params), selected):
+        if not s:
+            continue
+        x = jnp.asarray(leaf)
+        x = x.astype(_acc_dtype(x))
+        n = x.shape[0] if mode == "rows" else (x.shape[1] if x.ndim == 2 else 0)
+        if x.ndim != 2 or n < 2:
+            raise ValueError(
+                f"orthogonal_penalty needs 2-D leaves with at least 2 {mode}; "
+                f"{path_str(path)!r} has shape {x.shape} (select leaves with mask=)"
+            )
+        axis = 1 if mode == "rows" else 0
+        sq = jnp.sum(x * x, axis=axis, keepdims=True)
+        big = sq > epsilon**2  # rsqrt(sq) < 1/epsilon: Keras' minimum, with a safe gradient
+        inv = jnp.where(big, jax.lax.rsqrt(jnp.where(big, sq, 1.0)), 1.0 / epsilon)
+        u = x * inv
+        gram = u @ u.T if mode == "rows" else u.T @ u
+        off = gram * (1.0 - jnp.eye(n, dtype=gram.dtype))
+        terms.append(0.5 * jnp.sum(_abs(off)) / (n * (n - 1) / 2.0))
+    if not terms:
+        return jnp.zeros((), jnp.float32)
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
 
 
 def l2_to_reference_penalty(params: Any, reference: Any, mask: MaskLike = None) -> jax.Array:

@@ -145,3 +145,48 @@ def test_equivalent_weight_decay_reproduces_the_penalty_under_sgd(convention):
 def test_equivalent_weight_decay_rejects_bad_input(args, message):
     with pytest.raises(ValueError, match=message):
         jaxreg.equivalent_weight_decay(*args)
+
+
+def _torch_keras_orthogonal(w: torch.Tensor, mode: str, eps: float = 1e-7) -> torch.Tensor:
+    """Keras 3's OrthogonalRegularizer (factor 1), transcribed into torch."""
+    axis = 1 if mode == "rows" else 0
+    inv = torch.minimum(torch.rsqrt((w * w).sum(axis, keepdim=True)), torch.tensor(1 / eps))
+    u = w * inv
+    product = u @ u.T if mode == "rows" else u.T @ u
+    n = product.shape[0]
+    off = product * (1.0 - torch.eye(n, dtype=w.dtype))
+    return 0.5 * off.abs().sum() / (n * (n - 1) / 2.0)
+
+
+@pytest.mark.parametrize("mode", ["rows", "columns"])
+def test_orthogonal_penalty_matches_keras_formula_in_torch(mode):
+    rng = np.random.default_rng(3)
+    leaves = [rng.normal(size=(4, 6)), rng.normal(size=(5, 3))]
+    tl = [torch.tensor(x, requires_grad=True) for x in leaves]
+    total = sum(_torch_keras_orthogonal(t, mode) for t in tl)
+    total.backward()
+    params = {"a": jnp.asarray(leaves[0]), "b": jnp.asarray(leaves[1])}
+    value, grads = jax.value_and_grad(lambda p: jaxreg.orthogonal_penalty(p, mode))(params)
+    np.testing.assert_allclose(float(value), total.item(), rtol=1e-13)
+    for g, t in zip((grads["a"], grads["b"]), tl):
+        np.testing.assert_allclose(np.asarray(g), t.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_orthogonal_penalty_closed_forms():
+    q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(5, 5)))
+    assert float(jaxreg.orthogonal_penalty({"q": jnp.asarray(q[:3])})) < 1e-15  # orthonormal
+    w = jnp.array([[1.0, 0.0], [1.0, 1.0]])  # one pair, cosine 1/√2: ½ · 2/√2 / 1
+    assert float(jaxreg.orthogonal_penalty({"w": w})) == pytest.approx(np.sqrt(0.5), rel=1e-15)
+    assert float(jaxreg.orthogonal_penalty({"w": w.T}, "columns")) == pytest.approx(np.sqrt(0.5))
+    z = {"w": jnp.array([[0.0, 0.0], [1.0, 2.0], [2.0, 1.0]])}  # a zero row: finite gradient
+    g = jax.grad(jaxreg.orthogonal_penalty)(z)["w"]
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_orthogonal_penalty_names_a_leaf_that_is_not_a_matrix():
+    p = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
+    with pytest.raises(ValueError, match="'dense/bias' has shape \\(2,\\)"):
+        jaxreg.orthogonal_penalty(p)
+    assert float(jaxreg.orthogonal_penalty(p, mask=jaxreg.masks.min_ndim(2))) > 0
+    with pytest.raises(ValueError, match="mode must be"):
+        jaxreg.orthogonal_penalty(p, "diagonal")
