@@ -124,6 +124,9 @@ def muon(
     accumulation and bfloat16 roundings, so results agree to bfloat16 round-off of the
     orthogonalized update (not to float64 round-off: the algorithm itself is bf16).
     Use ``optax.multi_transform`` to give non-matrix parameters another optimizer.
+    On parameters sharded over explicit mesh axes (``jax.set_mesh``) the iteration
+    gathers each update matrix and reshards the result to the parameter's sharding
+    (:func:`orthogonalize`); with automatic sharding XLA places the collectives.
 
     Raises:
       ValueError: as torch: negative lr/momentum/weight_decay, unknown ``adjust_lr_fn``,
