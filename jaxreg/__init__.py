@@ -15,6 +15,7 @@ from jaxreg._guard import skip_nonfinite
 from jaxreg._penalties import elastic_net_penalty, l1_penalty, l2_penalty, regularized
 from jaxreg._prox import prox_elastic_net, prox_l1, soft_threshold
 from jaxreg._structured import (
+    activity_penalty,
     equivalent_weight_decay,
     group_lasso_penalty,
     l2_to_reference_penalty,
@@ -33,6 +34,7 @@ __all__ = [
     "group_lasso_penalty",
     "l2_to_reference_penalty",
     "orthogonal_penalty",
+    "activity_penalty",
     "equivalent_weight_decay",
     "add_weight_decay",
     "decoupled_weight_decay",

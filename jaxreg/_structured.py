@@ -17,6 +17,7 @@ __all__ = [
     "group_lasso_penalty",
     "orthogonal_penalty",
     "l2_to_reference_penalty",
+    "activity_penalty",
     "equivalent_weight_decay",
 ]
 
@@ -191,6 +192,62 @@ def l2_to_reference_penalty(params: Any, reference: Any, mask: MaskLike = None) 
     total = terms[0]
     for t in terms[1:]:
         total = total + t
+    return total
+
+
+def activity_penalty(
+    activations: Any, l1: float = 0.0, l2: float = 0.0, normalize: str = "batch"
+) -> jax.Array:
+    r"""Penalty on activations, :math:`\ell_1 \sum |a| + \ell_2 \sum a^2`, per array.
+
+    ``normalize`` says what each array's penalty is divided by -- the convention that
+    differs between libraries:
+
+    - ``"batch"`` (default): its first dimension, the batch size -- Keras 3, whose
+      ``Layer`` divides an ``activity_regularizer``'s ``L1L2`` value by
+      ``shape(output)[0]`` ("consistent regularization strength across batch sizes");
+    - ``"sum"``: nothing (tf.keras 1.x; a hand-written ``loss + l2 * a.pow(2).sum()``);
+    - ``"mean"``: its number of elements (``a.pow(2).mean()`` in a PyTorch loop).
+
+    ``activations`` is any pytree of arrays, batch first -- e.g. what Flax collected:
+    linen's ``self.sow("intermediates", name, x)`` then
+    ``model.apply(variables, x, mutable=["intermediates"])[1]["intermediates"]``, or
+    nnx's ``self.sow(nnx.Intermediate, name, x)`` then
+    ``_, inter = nnx.capture(model, nnx.Intermediate)(x)``.
+    The L1 gradient at 0 is 0, as torch's.
+
+    Args:
+      activations: a pytree of arrays (0-d arrays are not divided by a batch size).
+      l1: weight of :math:`\sum |a|`, ``>= 0``.
+      l2: weight of :math:`\sum a^2`, ``>= 0`` (no :math:`\tfrac12`, as Keras' ``L1L2``).
+      normalize: ``"batch"``, ``"sum"`` or ``"mean"``.
+
+    Returns:
+      The summed penalty of all arrays, a scalar.
+
+    Raises:
+      ValueError: negative or non-finite ``l1``/``l2``; unknown ``normalize``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> a = jnp.array([[1.0, -2.0], [0.0, 3.0]])  # batch of 2
+      >>> round(float(jaxreg.activity_penalty(a, l1=0.1, l2=0.01)), 6)  # (0.6 + 0.14) / 2
+      0.37
+    """
+    check_nonnegative("l1", l1)
+    check_nonnegative("l2", l2)
+    if normalize not in ("batch", "sum", "mean"):
+        raise ValueError(f"normalize must be 'batch', 'sum' or 'mean', got {normalize!r}")
+    total = jnp.zeros((), jnp.float32)
+    for leaf in jax.tree.leaves(activations):
+        a = jnp.asarray(leaf)
+        a = a.astype(_acc_dtype(a))
+        value = l1 * jnp.sum(_abs(a)) + l2 * jnp.sum(a * a)
+        if normalize == "batch" and a.ndim > 0:
+            value = value / max(a.shape[0], 1)  # Keras: divide_no_nan
+        elif normalize == "mean" and a.size:
+            value = value / a.size
+        total = total + value
     return total
 
 

@@ -190,3 +190,87 @@ def test_orthogonal_penalty_names_a_leaf_that_is_not_a_matrix():
     assert float(jaxreg.orthogonal_penalty(p, mask=jaxreg.masks.min_ndim(2))) > 0
     with pytest.raises(ValueError, match="mode must be"):
         jaxreg.orthogonal_penalty(p, "diagonal")
+
+
+# --- activity penalties --------------------------------------------------------------
+
+
+A = np.array([[1.0, -2.0], [0.0, 3.0]])  # batch of 2: Σ|a| = 6, Σa² = 14
+
+
+@pytest.mark.parametrize(
+    "normalize,expected",
+    [
+        ("batch", (0.1 * 6 + 0.01 * 14) / 2),
+        ("sum", 0.1 * 6 + 0.01 * 14),
+        ("mean", (0.1 * 6 + 0.01 * 14) / 4),
+    ],  # fmt: skip
+)
+def test_activity_penalty_conventions_by_hand(normalize, expected):
+    tree = {"h1": (jnp.asarray(A),), "h2": jnp.zeros((3, 5))}
+    got = jaxreg.activity_penalty(tree, l1=0.1, l2=0.01, normalize=normalize)
+    assert float(got) == pytest.approx(expected, rel=1e-15)
+    g = jax.grad(lambda a: jaxreg.activity_penalty(a, l1=1.0))(jnp.asarray(A))
+    np.testing.assert_array_equal(np.asarray(g), np.sign(A) / 2)  # sign(0) = 0
+
+
+def _torch_linear_activity_grads(w, b, x, l1, l2):
+    """torch: h = x @ W + b, Keras 3's activity loss (l1Σ|h| + l2Σh²) / batch, backward."""
+    tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    h = torch.tensor(x) @ tw + tb
+    loss = (l1 * h.abs().sum() + l2 * (h * h).sum()) / h.shape[0]
+    loss.backward()
+    return loss.item(), tw.grad.numpy(), tb.grad.numpy()
+
+
+def test_activity_penalty_from_linen_sow_matches_torch():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(4, name="dense", param_dtype=jnp.float64)(x)
+            self.sow("intermediates", "hidden", h)
+            return nn.relu(h).sum()
+
+    x = np.random.default_rng(5).normal(size=(6, 3))
+    net = Net()
+    params = net.init(jax.random.key(0), jnp.asarray(x))["params"]
+
+    def penalty(p):
+        _, state = net.apply({"params": p}, jnp.asarray(x), mutable=["intermediates"])
+        return jaxreg.activity_penalty(state["intermediates"], l1=0.01, l2=0.1)
+
+    value, grads = jax.value_and_grad(penalty)(params)
+    w, b = np.asarray(params["dense"]["kernel"]), np.asarray(params["dense"]["bias"])
+    t_value, t_gw, t_gb = _torch_linear_activity_grads(w, b, x, 0.01, 0.1)
+    assert float(value) == pytest.approx(t_value, rel=1e-13)
+    np.testing.assert_allclose(np.asarray(grads["dense"]["kernel"]), t_gw, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(grads["dense"]["bias"]), t_gb, rtol=1e-12, atol=1e-15)
+
+
+def test_activity_penalty_from_nnx_intermediates():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.dense = nnx.Linear(3, 4, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            h = self.dense(x)
+            self.sow(nnx.Intermediate, "hidden", h)
+            return h
+
+    x = np.random.default_rng(6).normal(size=(5, 3))
+    net = Net()
+    _, inter = nnx.capture(net, nnx.Intermediate)(jnp.asarray(x))
+    w, b = np.asarray(net.dense.kernel.get_value()), np.asarray(net.dense.bias.get_value())
+    t_value, _, _ = _torch_linear_activity_grads(w, b, x, 0.0, 0.5)
+    assert float(jaxreg.activity_penalty(inter, l2=0.5)) == pytest.approx(t_value, rel=1e-13)
+
+
+def test_activity_penalty_rejects_bad_input():
+    with pytest.raises(ValueError, match="normalize must be"):
+        jaxreg.activity_penalty(jnp.ones(2), l1=1.0, normalize="elements")
+    with pytest.raises(ValueError, match="l2"):
+        jaxreg.activity_penalty(jnp.ones(2), l2=-1.0)
