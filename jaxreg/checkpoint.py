@@ -10,7 +10,8 @@ what a long regularized run needs to resume *bit for bit*:
   the latest one;
 - a JSON ``metadata`` dict saved alongside (e.g. the data seed and batch index);
 - every leaf's SHA-256 stored at save time and checked at restore, so a damaged file
-  is an error, never silently different numbers;
+  is an error, never silently different numbers (leaves not fully addressable from this
+  process, in multi-host runs, are left to Orbax's own checks);
 - before restoring, the checkpoint's tree is compared with the expected one, and every
   missing, unexpected or mismatched leaf is named in one :class:`CheckpointError`.
 
