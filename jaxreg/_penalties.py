@@ -70,7 +70,14 @@ def l1_penalty(params: Any, mask: MaskLike = None) -> jax.Array:
     return _sum_over(params, mask, _abs)
 
 
-def l2_penalty(params: Any, mask: MaskLike = None) -> jax.Array:
+def _l2_factor(convention: str) -> float:
+    """1 for ``"sum"`` (Σw²), 1/2 for ``"half"`` (½Σw²); ValueError otherwise."""
+    if convention not in ("sum", "half"):
+        raise ValueError(f"convention must be 'sum' or 'half', got {convention!r}")
+    return 1.0 if convention == "sum" else 0.5
+
+
+def l2_penalty(params: Any, mask: MaskLike = None, *, convention: str = "sum") -> jax.Array:
     r"""Plain sum of squares of the selected leaves, :math:`\sum_i w_i^2` (no :math:`\tfrac12`).
 
     This is ``sum(p.pow(2).sum() for p in model.parameters())`` in PyTorch. Its
@@ -82,20 +89,35 @@ def l2_penalty(params: Any, mask: MaskLike = None) -> jax.Array:
     Args:
       params: a pytree of arrays (Flax linen dict, ``flax.nnx.State``, plain tree).
       mask: which leaves to include; see :mod:`jaxreg.masks`.
+      convention: ``"sum"`` (default) for :math:`\sum w^2`, ``"half"`` for
+        :math:`\tfrac12 \sum w^2` (gradient :math:`w`; see
+        :func:`jaxreg.equivalent_weight_decay`).
 
     Returns:
       A scalar of dtype ``promote(float32, leaf dtypes)``; ``0.0`` if nothing is selected.
+
+    Raises:
+      ValueError: unknown ``convention``.
 
     Example:
       >>> import jax.numpy as jnp, jaxreg
       >>> float(jaxreg.l2_penalty({"w": jnp.array([-1.0, 0.0, 2.0])}))
       5.0
+      >>> float(jaxreg.l2_penalty({"w": jnp.array([-1.0, 0.0, 2.0])}, convention="half"))
+      2.5
     """
-    return _sum_over(params, mask, lambda x: x * x)
+    factor = _l2_factor(convention)
+    total = _sum_over(params, mask, lambda x: x * x)
+    return total if factor == 1.0 else factor * total
 
 
 def elastic_net_penalty(
-    params: Any, l1: float | jax.Array, l2: float | jax.Array, mask: MaskLike = None
+    params: Any,
+    l1: float | jax.Array,
+    l2: float | jax.Array,
+    mask: MaskLike = None,
+    *,
+    convention: str = "sum",
 ) -> jax.Array:
     r"""Elastic net, :math:`\ell_1 \sum_i |w_i| + \ell_2 \sum_i w_i^2`.
 
@@ -106,6 +128,7 @@ def elastic_net_penalty(
       l1: weight of the L1 term, ``>= 0``.
       l2: weight of the L2 term, ``>= 0``.
       mask: which leaves to include; see :mod:`jaxreg.masks`.
+      convention: of the L2 term, as in :func:`l2_penalty`.
 
     Returns:
       A scalar (dtype as for :func:`l2_penalty`).
@@ -126,7 +149,7 @@ def elastic_net_penalty(
     if concrete_float(l1) != 0.0:
         total = total + l1 * l1_penalty(params, mask)
     if concrete_float(l2) != 0.0:
-        total = total + l2 * l2_penalty(params, mask)
+        total = total + l2 * l2_penalty(params, mask, convention=convention)
     return total
 
 
@@ -137,6 +160,7 @@ def regularized(
     l2: float = 0.0,
     mask: MaskLike = None,
     argnum: int = 0,
+    convention: str = "sum",
 ) -> Callable[..., Any]:
     r"""Wrap ``loss_fn`` so it returns ``loss + l1 * Σ|w| + l2 * Σw²`` of argument ``argnum``.
 
@@ -152,6 +176,7 @@ def regularized(
       l2: L2 weight, ``>= 0`` (sum-of-squares convention: SGD ``weight_decay = 2 * l2``).
       mask: which leaves of the parameters to penalize; see :mod:`jaxreg.masks`.
       argnum: position of the parameters among ``loss_fn``'s positional arguments.
+      convention: of the L2 term, as in :func:`l2_penalty` (``"half"``: ½·l2·Σw²).
 
     Returns:
       A function with ``loss_fn``'s signature.
@@ -168,6 +193,7 @@ def regularized(
     """
     check_nonnegative("l1", l1)
     check_nonnegative("l2", l2)
+    _l2_factor(convention)
     if isinstance(argnum, bool) or not isinstance(argnum, int):
         raise ValueError(f"argnum must be an int, got {argnum!r}")
 
@@ -179,7 +205,7 @@ def regularized(
                 f"{len(args)} positional argument(s)"
             )
         out = loss_fn(*args, **kwargs)
-        penalty = elastic_net_penalty(args[argnum], l1, l2, mask)
+        penalty = elastic_net_penalty(args[argnum], l1, l2, mask, convention=convention)
         if isinstance(out, tuple):
             if len(out) != 2:
                 raise ValueError(

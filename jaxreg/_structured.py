@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxreg._penalties import _abs, _acc_dtype, _sum_over
+from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over
 from jaxreg._tree import leaf_paths, path_str
 from jaxreg._validate import check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve
@@ -143,7 +143,9 @@ def orthogonal_penalty(
     return total
 
 
-def l2_to_reference_penalty(params: Any, reference: Any, mask: MaskLike = None) -> jax.Array:
+def l2_to_reference_penalty(
+    params: Any, reference: Any, mask: MaskLike = None, *, convention: str = "sum"
+) -> jax.Array:
     r"""L2 towards reference weights (L2-SP), :math:`\sum_i (w_i - w^{\mathrm{ref}}_i)^2`.
 
     "Decay towards the pretrained weights" (Li et al., 2018, *Explicit Inductive Bias for
@@ -155,6 +157,7 @@ def l2_to_reference_penalty(params: Any, reference: Any, mask: MaskLike = None) 
       params: a pytree of arrays.
       reference: a pytree with the same structure and shapes (e.g. the pretrained params).
       mask: which leaves of ``params`` to include; see :mod:`jaxreg.masks`.
+      convention: ``"sum"`` (default) or ``"half"`` (:math:`\tfrac12 \sum (w - w^{ref})^2`).
 
     Returns:
       A scalar of dtype ``promote(float32, leaf dtypes)``; ``0.0`` if nothing is selected.
@@ -169,6 +172,7 @@ def l2_to_reference_penalty(params: Any, reference: Any, mask: MaskLike = None) 
       >>> float(jaxreg.l2_to_reference_penalty(w, w0))
       4.0
     """
+    factor = _l2_factor(convention)
     p_leaves, r_leaves = jax.tree.leaves(params), jax.tree.leaves(reference)
     if jax.tree.structure(params) != jax.tree.structure(reference):
         raise ValueError(
@@ -192,7 +196,7 @@ def l2_to_reference_penalty(params: Any, reference: Any, mask: MaskLike = None) 
     total = terms[0]
     for t in terms[1:]:
         total = total + t
-    return total
+    return total if factor == 1.0 else factor * total
 
 
 def activity_penalty(

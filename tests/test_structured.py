@@ -274,3 +274,59 @@ def test_activity_penalty_rejects_bad_input():
         jaxreg.activity_penalty(jnp.ones(2), l1=1.0, normalize="elements")
     with pytest.raises(ValueError, match="l2"):
         jaxreg.activity_penalty(jnp.ones(2), l2=-1.0)
+
+
+# --- the ½ convention ----------------------------------------------------------------
+
+
+def test_half_convention_is_half_with_gradient_w():
+    tree = jax.tree.map(jnp.asarray, _tree())
+    full = jaxreg.l2_penalty(tree)
+    half, g = jax.value_and_grad(lambda p: jaxreg.l2_penalty(p, convention="half"))(tree)
+    assert float(half) == pytest.approx(0.5 * float(full), rel=1e-15)
+    for gl, pl in zip(jax.tree.leaves(g), jax.tree.leaves(tree)):
+        np.testing.assert_array_equal(np.asarray(gl), np.asarray(pl))  # d(½w²)/dw = w
+    en = jaxreg.elastic_net_penalty(tree, l1=0.2, l2=0.3, convention="half")
+    assert float(en) == pytest.approx(
+        0.2 * float(jaxreg.l1_penalty(tree)) + 0.15 * float(full), rel=1e-14
+    )
+    ref = jax.tree.map(jnp.zeros_like, tree)
+    assert float(jaxreg.l2_to_reference_penalty(tree, ref, convention="half")) == pytest.approx(
+        0.5 * float(full), rel=1e-15
+    )
+
+
+def test_regularized_half_convention_equals_weight_decay_l2_under_sgd():
+    """Optax's add_decayed_weights(λ) is the gradient of ½λΣw²: the 'half' convention."""
+    lam, lr = 0.05, 0.1
+    w0 = jnp.asarray(np.random.default_rng(7).normal(size=(4,)))
+
+    def data(w):
+        return jnp.sum(jnp.sin(w))
+
+    loss = jaxreg.regularized(data, l2=lam, convention="half")
+    w_pen = w0
+    for _ in range(20):
+        w_pen = w_pen - lr * jax.grad(loss)(w_pen)
+    tx = optax.chain(optax.add_decayed_weights(lam), optax.sgd(lr))
+    w_opt, state = w0, tx.init(w0)
+    for _ in range(20):
+        u, state = tx.update(jax.grad(data)(w_opt), state, w_opt)
+        w_opt = optax.apply_updates(w_opt, u)
+    np.testing.assert_allclose(np.asarray(w_pen), np.asarray(w_opt), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: jaxreg.l2_penalty({"w": jnp.ones(2)}, convention="mean"),
+        lambda: jaxreg.elastic_net_penalty({"w": jnp.ones(2)}, 0.1, 0.1, convention="x"),
+        lambda: jaxreg.regularized(lambda w: 0.0, l2=0.1, convention="double"),
+        lambda: jaxreg.l2_to_reference_penalty(
+            {"w": jnp.ones(2)}, {"w": jnp.ones(2)}, convention="Half"
+        ),  # fmt: skip
+    ],
+)
+def test_unknown_convention_is_an_error(call):
+    with pytest.raises(ValueError, match="convention must be 'sum' or 'half'"):
+        call()
