@@ -37,12 +37,16 @@ def _selected(params: Any, mask: MaskLike) -> list[jax.Array]:
     return [jnp.asarray(x) for x, s in zip(leaves, resolve(mask, params)) if s]
 
 
-def _sum_over(params: Any, mask: MaskLike, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
-    terms = [jnp.sum(fn(x.astype(_acc_dtype(x)))) for x in _selected(params, mask)]
+def _total(terms: list[jax.Array]) -> jax.Array:
+    """The sum of scalar terms in their widest dtype; ``0.0`` (float32) for none."""
     if not terms:
         return jnp.zeros((), jnp.float32)
     dtype = functools.reduce(jnp.promote_types, [t.dtype for t in terms])
     return functools.reduce(jnp.add, [t.astype(dtype) for t in terms])
+
+
+def _sum_over(params: Any, mask: MaskLike, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    return _total([jnp.sum(fn(x.astype(_acc_dtype(x)))) for x in _selected(params, mask)])
 
 
 def l1_penalty(params: Any, mask: MaskLike = None) -> jax.Array:
@@ -106,9 +110,7 @@ def l2_penalty(params: Any, mask: MaskLike = None, *, convention: str = "sum") -
       >>> float(jaxreg.l2_penalty({"w": jnp.array([-1.0, 0.0, 2.0])}, convention="half"))
       2.5
     """
-    factor = _l2_factor(convention)
-    total = _sum_over(params, mask, lambda x: x * x)
-    return total if factor == 1.0 else factor * total
+    return _l2_factor(convention) * _sum_over(params, mask, lambda x: x * x)
 
 
 def elastic_net_penalty(

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over
+from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over, _total
 from jaxreg._tree import leaf_paths, path_str
 from jaxreg._validate import check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve
@@ -135,12 +135,7 @@ def orthogonal_penalty(
         gram = u @ u.T if mode == "rows" else u.T @ u
         off = gram * (1.0 - jnp.eye(n, dtype=gram.dtype))
         terms.append(0.5 * jnp.sum(_abs(off)) / (n * (n - 1) / 2.0))
-    if not terms:
-        return jnp.zeros((), jnp.float32)
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
+    return _total(terms)
 
 
 def l2_to_reference_penalty(
@@ -190,13 +185,7 @@ def l2_to_reference_penalty(
         for p, r, s in zip(p_leaves, r_leaves, selected)
         if s
     ]
-    terms = [jnp.sum(jnp.square(d.astype(_acc_dtype(d)))) for d in diffs]
-    if not terms:
-        return jnp.zeros((), jnp.float32)
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total if factor == 1.0 else factor * total
+    return factor * _total([jnp.sum(jnp.square(d.astype(_acc_dtype(d)))) for d in diffs])
 
 
 def activity_penalty(
@@ -242,7 +231,7 @@ def activity_penalty(
     check_nonnegative("l2", l2)
     if normalize not in ("batch", "sum", "mean"):
         raise ValueError(f"normalize must be 'batch', 'sum' or 'mean', got {normalize!r}")
-    total = jnp.zeros((), jnp.float32)
+    terms = []
     for leaf in jax.tree.leaves(activations):
         a = jnp.asarray(leaf)
         a = a.astype(_acc_dtype(a))
@@ -251,8 +240,8 @@ def activity_penalty(
             value = value / max(a.shape[0], 1)  # Keras: divide_no_nan
         elif normalize == "mean" and a.size:
             value = value / a.size
-        total = total + value
-    return total
+        terms.append(value)
+    return _total(terms)
 
 
 def equivalent_weight_decay(l2: float, convention: str = "sum") -> float:

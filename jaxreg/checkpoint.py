@@ -171,10 +171,9 @@ class Checkpointer:
             step = self.latest_step()
             if step is None:
                 raise CheckpointError(f"no complete checkpoint in {self.directory}")
-        elif step not in self.all_steps():
+        elif step not in (steps := self.all_steps()):
             raise CheckpointError(
-                f"no checkpoint for step {step} in {self.directory} "
-                f"(have: {self.all_steps() or 'none'})"
+                f"no checkpoint for step {step} in {self.directory} (have: {steps or 'none'})"
             )
         where = os.path.join(self.directory, str(step))
         try:

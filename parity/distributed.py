@@ -222,15 +222,11 @@ def _launch(
         log.close()
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    from parity.run import _rel_diff
-
-    return _rel_diff(a, b)
-
-
 def _max_step_diff(a: dict, b: dict) -> tuple[float, float]:
     """(max relative parameter difference over all steps and leaves, max loss difference)."""
-    dp = max(max(_rel(a[k][t], b[k][t]) for t in range(len(b[k]))) for k in b if k != "loss")
+    from parity.run import _rel_diff
+
+    dp = max(max(_rel_diff(a[k][t], b[k][t]) for t in range(len(b[k]))) for k in b if k != "loss")
     dl = float(np.max(np.abs(a["loss"] - b["loss"]) / np.maximum(np.abs(b["loss"]), 1e-300)))
     return dp, dl
 

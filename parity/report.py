@@ -166,6 +166,16 @@ def write_report(
     return written
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 110 dpi) and close a matplotlib figure; return ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plots(out: Path, results: list[CaseResult], effect: list[EffectResult]) -> list[Path]:
     import matplotlib
 
@@ -187,10 +197,7 @@ def _plots(out: Path, results: list[CaseResult], effect: list[EffectResult]) -> 
             ax.set_xlabel("step")
             ax.set_ylabel("training loss")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "loss_curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "loss_curves.png"))
     # 2. Deviation per step, log scale, per dtype.
     dtypes = sorted({r.case.dtype for r in results if not r.case.mutation}, reverse=True)
     if dtypes:
@@ -214,10 +221,7 @@ def _plots(out: Path, results: list[CaseResult], effect: list[EffectResult]) -> 
             )
             ax.set_xlabel("step")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "deviation.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "deviation.png"))
     # 3. The regularization effect.
     if effect:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
@@ -234,8 +238,5 @@ def _plots(out: Path, results: list[CaseResult], effect: list[EffectResult]) -> 
         axes[2].set_title("exact zeros in the kernels (%)", fontsize=9)
         for ax in axes:
             ax.set_xticks(x, names, fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "effect.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, out / "effect.png"))
     return paths

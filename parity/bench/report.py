@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from parity.bench.suite import BYTES_PER_PARAM, TORCH_VARIANTS
+from parity.report import save_figure
 
 
 def _ms(x: float | None) -> str:
@@ -137,7 +138,4 @@ def plot(results: dict, path: Path) -> Path:
         ax.legend(fontsize=7)
     env = results["environment"]
     fig.suptitle(f"{env['cpu']}, {env['threads']} threads — median over rounds, bars min–max")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
