@@ -138,9 +138,8 @@ def check_guards(kind: str, subjects: list[Subject]) -> None:
     live = [s for s in subjects if "error" not in s.result]
     refs: dict[str, Subject] = {}
     for s in live:
-        if s.variant.startswith("torch_loop") or s.semantics not in refs:
-            if not (s.semantics in refs and refs[s.semantics].variant.startswith("torch_loop")):
-                refs[s.semantics] = s
+        refs.setdefault(s.semantics, s)
+    refs.update({s.semantics: s for s in live if s.variant == "torch_loop"})
     for s in live:
         ref = refs[s.semantics]
         a, b = np.array(s.result["guard"]), np.array(ref.result["guard"])

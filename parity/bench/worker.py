@@ -221,7 +221,7 @@ def _jax_train(spec):
 def _torch_optimizer(torch, spec, params):
     variant = spec["variant"].removeprefix("torch_")
     kw = {}
-    if variant in ("loop", "loop_nowd"):
+    if variant == "loop":
         kw["foreach"] = False
     elif variant in ("foreach", "compile"):
         kw["foreach"] = True
