@@ -11,7 +11,7 @@ from jaxreg._decay import (
     add_weight_decay,
     decoupled_weight_decay,
 )
-from jaxreg._guard import skip_nonfinite
+from jaxreg._guard import skip_nonfinite, skip_unused
 from jaxreg._penalties import elastic_net_penalty, l1_penalty, l2_penalty, regularized
 from jaxreg._prox import prox_elastic_net, prox_l1, soft_threshold
 from jaxreg._structured import (
@@ -43,6 +43,7 @@ __all__ = [
     "prox_elastic_net",
     "soft_threshold",
     "skip_nonfinite",
+    "skip_unused",
     "ScheduleState",
     "__version__",
 ]

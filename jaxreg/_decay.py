@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative, concrete_float
-from jaxreg.masks import MaskLike, resolve
+from jaxreg.masks import MaskLike, resolve, resolve_factors
 
 __all__ = [
     "ScheduleState",
@@ -31,11 +31,18 @@ class ScheduleState(NamedTuple):
 
 
 def map_selected(
-    rule: Callable[..., jax.Array], mask: MaskLike, updates: Any, params: Any, *hparams: Any
+    rule: Callable[..., jax.Array],
+    mask: MaskLike,
+    updates: Any,
+    params: Any,
+    *hparams: Any,
+    scaled: tuple[bool, ...] | None = None,
 ) -> Any:
     """Apply ``rule(update, param, *hparams)`` where ``mask`` selects; pass other leaves through.
 
-    Hyperparameters are cast to each leaf's dtype, so updates keep their dtypes.
+    Hyperparameters are cast to each leaf's dtype, so updates keep their dtypes. Where
+    the mask carries a multiplier other than 1, the hyperparameters flagged in
+    ``scaled`` (default: all) are multiplied by it.
     """
     if params is None:
         raise ValueError(
@@ -46,20 +53,29 @@ def map_selected(
         p_leaves = treedef.flatten_up_to(params)
     except (ValueError, TypeError) as e:
         raise ValueError(f"updates and params have different structures: {e}") from None
-    selected = resolve(mask, params)
+    factors = resolve_factors(mask, params)
+    scaled = (True,) * len(hparams) if scaled is None else scaled
     out = []
-    for u, p, s in zip(u_leaves, p_leaves, selected):
-        if s:
-            hp = [jnp.asarray(h, dtype=u.dtype) for h in hparams]
+    for u, p, f in zip(u_leaves, p_leaves, factors):
+        if f:
+            hp = [
+                jnp.asarray(f * h if (sc and f != 1.0) else h, dtype=u.dtype)
+                for h, sc in zip(hparams, scaled)
+            ]
             u = rule(u, p, *hp).astype(u.dtype)
         out.append(u)
     return jax.tree.unflatten(treedef, out)
 
 
 def regularizing_transform(
-    rule: Callable[..., jax.Array], hparams: dict[str, ScalarOrSchedule], mask: MaskLike
+    rule: Callable[..., jax.Array],
+    hparams: dict[str, ScalarOrSchedule],
+    mask: MaskLike,
+    unscaled: tuple[str, ...] = ("learning_rate",),
 ) -> optax.GradientTransformation:
     """Build a transform applying ``rule(update, param, *hparam_values)`` on masked leaves.
+
+    A mask multiplier scales every hyperparameter except those named in ``unscaled``.
 
     Stateless (``optax.EmptyState``) when no hyperparameter is a schedule; otherwise
     keeps a :class:`ScheduleState` and evaluates schedules at the current count
@@ -68,6 +84,7 @@ def regularizing_transform(
     for name, value in hparams.items():
         check_nonnegative(name, value)
     values = list(hparams.values())
+    scaled = tuple(name not in unscaled for name in hparams)
     scheduled = any(callable(v) for v in values)
 
     def init_fn(params: Any) -> Any:
@@ -79,7 +96,7 @@ def regularizing_transform(
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         count = state.count if scheduled else None
         current = [at_count(v, count) for v in values]
-        updates = map_selected(rule, mask, updates, params, *current)
+        updates = map_selected(rule, mask, updates, params, *current, scaled=scaled)
         if scheduled:
             state = ScheduleState(count=optax.safe_increment(count))
         return updates, state

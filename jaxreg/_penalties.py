@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg._validate import check_nonnegative, concrete_float
-from jaxreg.masks import MaskLike, resolve
+from jaxreg.masks import MaskLike, resolve_factors
 
 __all__ = ["l1_penalty", "l2_penalty", "elastic_net_penalty", "regularized"]
 
@@ -32,9 +32,15 @@ def _acc_dtype(leaf: jax.Array) -> jnp.dtype:
     return jnp.promote_types(jnp.asarray(leaf).dtype, jnp.float32)
 
 
-def _selected(params: Any, mask: MaskLike) -> list[jax.Array]:
+def _weighted(term: jax.Array, factor: float) -> jax.Array:
+    """``factor * term`` for a mask multiplier; the term itself (bitwise) for 1."""
+    return term if factor == 1.0 else factor * term
+
+
+def _selected(params: Any, mask: MaskLike) -> list[tuple[jax.Array, float]]:
+    """``(leaf, multiplier)`` of every selected leaf (multiplier != 0)."""
     leaves = jax.tree.leaves(params)
-    return [jnp.asarray(x) for x, s in zip(leaves, resolve(mask, params)) if s]
+    return [(jnp.asarray(x), f) for x, f in zip(leaves, resolve_factors(mask, params)) if f]
 
 
 def _total(terms: list[jax.Array]) -> jax.Array:
@@ -46,7 +52,9 @@ def _total(terms: list[jax.Array]) -> jax.Array:
 
 
 def _sum_over(params: Any, mask: MaskLike, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
-    return _total([jnp.sum(fn(x.astype(_acc_dtype(x)))) for x in _selected(params, mask)])
+    return _total(
+        [_weighted(jnp.sum(fn(x.astype(_acc_dtype(x)))), f) for x, f in _selected(params, mask)]
+    )
 
 
 def l1_penalty(params: Any, mask: MaskLike = None) -> jax.Array:

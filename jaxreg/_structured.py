@@ -8,10 +8,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over, _total
+from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over, _total, _weighted
 from jaxreg._tree import leaf_paths, path_str
 from jaxreg._validate import check_nonnegative, concrete_float
-from jaxreg.masks import MaskLike, resolve
+from jaxreg.masks import MaskLike, resolve_factors
 
 __all__ = [
     "group_lasso_penalty",
@@ -114,10 +114,10 @@ def orthogonal_penalty(
     """
     if mode not in ("rows", "columns"):
         raise ValueError(f"mode must be 'rows' or 'columns', got {mode!r}")
-    selected = resolve(mask, params)
+    factors = resolve_factors(mask, params)
     terms = []
-    for path, leaf, s in zip(leaf_paths(params), jax.tree.leaves(params), selected):
-        if not s:
+    for path, leaf, f in zip(leaf_paths(params), jax.tree.leaves(params), factors):
+        if not f:
             continue
         x = jnp.asarray(leaf)
         x = x.astype(_acc_dtype(x))
@@ -134,7 +134,7 @@ def orthogonal_penalty(
         u = x * inv
         gram = u @ u.T if mode == "rows" else u.T @ u
         off = gram * (1.0 - jnp.eye(n, dtype=gram.dtype))
-        terms.append(0.5 * jnp.sum(_abs(off)) / (n * (n - 1) / 2.0))
+        terms.append(_weighted(0.5 * jnp.sum(_abs(off)) / (n * (n - 1) / 2.0), f))
     return _total(terms)
 
 
@@ -179,13 +179,15 @@ def l2_to_reference_penalty(
             raise ValueError(
                 f"reference leaf {path_str(path)!r} has shape {jnp.shape(r)}, params {jnp.shape(p)}"
             )
-    selected = resolve(mask, params)
+    factors = resolve_factors(mask, params)
     diffs = [
-        jnp.asarray(p) - jax.lax.stop_gradient(jnp.asarray(r, jnp.asarray(p).dtype))
-        for p, r, s in zip(p_leaves, r_leaves, selected)
-        if s
+        (jnp.asarray(p) - jax.lax.stop_gradient(jnp.asarray(r, jnp.asarray(p).dtype)), f)
+        for p, r, f in zip(p_leaves, r_leaves, factors)
+        if f
     ]
-    return factor * _total([jnp.sum(jnp.square(d.astype(_acc_dtype(d)))) for d in diffs])
+    return factor * _total(
+        [_weighted(jnp.sum(jnp.square(d.astype(_acc_dtype(d)))), f) for d, f in diffs]
+    )
 
 
 def activity_penalty(

@@ -6,7 +6,17 @@ Every jaxreg function that takes ``mask`` accepts the same forms:
 * a pytree of bools with the params' structure, or a prefix of it (``True`` at
   ``"encoder"`` selects every leaf below ``encoder``);
 * a callable ``params -> bool pytree`` (such as an ``optax.masked`` mask function);
-* a :class:`Mask` from this module, combinable with ``&``, ``|`` and ``~``.
+* a :class:`Mask` from this module, combinable with ``&``, ``|`` and ``~``:
+  by name (:func:`exclude_names`), shape (:func:`min_ndim`), path (:func:`path_regex`,
+  :func:`glob`), Flax module type (:func:`inside`), use by the loss (:func:`used_by`),
+  presets (:func:`no_bias_no_norm`, :func:`timm_1d`, :func:`kernels_only`) or PyTorch
+  parameter groups (:func:`from_param_groups`).
+
+Masks may carry per-leaf **multipliers** instead of on/off: a pytree (or prefix) of
+non-negative numbers, or :func:`multipliers` rules. A leaf's regularization strength is
+then ``multiplier * hyperparameter`` (``0`` = not selected) -- PyTorch parameter groups
+with different ``weight_decay``, big_vision's ``wd_mults``. :func:`describe` prints
+every leaf with its multiplier; :func:`to_param_groups` turns a mask into torch groups.
 
 Paths are the "/"-joined keys of a leaf, e.g. ``"encoder/layers_0/kernel"``; they
 are the same for a Flax linen dict and the matching ``flax.nnx.State`` (the nnx
@@ -28,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -36,18 +47,32 @@ import jax
 import numpy as np
 
 from jaxreg._tree import is_float_leaf, is_variable, key_str, leaf_ndim, leaf_paths, path_str
+from jaxreg._validate import check_nonnegative
 
 __all__ = [
     "Mask",
+    "NORM_LAYERS",
     "exclude_names",
     "min_ndim",
     "path_regex",
+    "glob",
+    "inside",
+    "module_paths",
+    "multipliers",
+    "used_by",
+    "no_bias_no_norm",
+    "timm_1d",
+    "kernels_only",
+    "torch_name",
+    "to_param_groups",
+    "from_param_groups",
     "resolve",
+    "resolve_factors",
     "selected_paths",
     "describe",
 ]
 
-MaskLike = Any  # None | bool pytree | Callable[[params], bool pytree] | Mask
+MaskLike = Any  # None | bool/multiplier pytree | Callable[[params], pytree] | Mask
 
 
 class Mask:
@@ -55,7 +80,9 @@ class Mask:
 
     Calling a mask on a params tree returns a bool pytree of the same structure,
     so a :class:`Mask` also works wherever Optax expects a mask function
-    (e.g. ``optax.masked(tx, mask)``).
+    (e.g. ``optax.masked(tx, mask)``). A mask may also carry per-leaf *multipliers*
+    (see :func:`multipliers`): :meth:`factors` gives them, ``0.0`` meaning "not
+    selected"; a plain selector's factors are ``1.0``/``0.0``.
     """
 
     def __init__(self, select: Callable[[tuple[str, ...], Any], bool], name: str):
@@ -67,43 +94,71 @@ class Mask:
         leaves = jax.tree.leaves(params)
         return [bool(self._select(p, x)) for p, x in zip(leaf_paths(params), leaves)]
 
+    def factors(self, params: Any) -> list[float]:
+        """One multiplier per leaf of ``params``: ``1.0``/``0.0`` for a plain selector."""
+        return [1.0 if s else 0.0 for s in self.select(params)]
+
     def __call__(self, params: Any) -> Any:
         treedef = jax.tree.structure(params)
         return jax.tree.unflatten(treedef, self.select(params))
 
     def __and__(self, other: MaskLike) -> Mask:
-        other = _as_mask(other)
-        return _Combined(self, other, lambda a, b: a and b, f"({self!r} & {other!r})")
+        return _Combined(self, _as_mask(other), "&")
 
     def __or__(self, other: MaskLike) -> Mask:
-        other = _as_mask(other)
-        return _Combined(self, other, lambda a, b: a or b, f"({self!r} | {other!r})")
+        return _Combined(self, _as_mask(other), "|")
 
-    __rand__ = __and__
-    __ror__ = __or__
+    def __rand__(self, other: MaskLike) -> Mask:
+        return _Combined(_as_mask(other), self, "&")
+
+    def __ror__(self, other: MaskLike) -> Mask:
+        return _Combined(_as_mask(other), self, "|")
 
     def __invert__(self) -> Mask:
-        inner = self
-        return _Mapped(inner, lambda sel: [not s for s in sel], f"~{self!r}")
+        return _Inverted(self)
 
     def __repr__(self) -> str:
         return self._name
 
 
+def _bool_factors(mask: Mask, params: Any, op: str) -> list[float]:
+    f = mask.factors(params)
+    if any(x not in (0.0, 1.0) for x in f):
+        raise ValueError(
+            f"{op!r} of a mask with multipliers ({mask!r}) is ambiguous; "
+            "use masks.multipliers((mask, factor), ...) rules instead"
+        )
+    return f
+
+
 class _Combined(Mask):
-    def __init__(self, a: Mask, b: Mask, op: Callable[[bool, bool], bool], name: str):
-        self._a, self._b, self._op, self._name = a, b, op, name
+    """``a & b`` multiplies the factors (a selector restricts a multiplier mask);
+    ``a | b`` is only defined for plain selectors."""
+
+    def __init__(self, a: Mask, b: Mask, op: str):
+        self._a, self._b, self._op = a, b, op
+        self._name = f"({a!r} {op} {b!r})"
+
+    def factors(self, params: Any) -> list[float]:
+        if self._op == "&":
+            return [x * y for x, y in zip(self._a.factors(params), self._b.factors(params))]
+        fa, fb = _bool_factors(self._a, params, "|"), _bool_factors(self._b, params, "|")
+        return [max(x, y) for x, y in zip(fa, fb)]
 
     def select(self, params: Any) -> list[bool]:
-        return [self._op(x, y) for x, y in zip(self._a.select(params), self._b.select(params))]
+        return [f != 0.0 for f in self.factors(params)]
 
 
-class _Mapped(Mask):
-    def __init__(self, inner: Mask, fn: Callable[[list[bool]], list[bool]], name: str):
-        self._inner, self._fn, self._name = inner, fn, name
+class _Inverted(Mask):
+    def __init__(self, inner: Mask):
+        self._inner = inner
+        self._name = f"~{inner!r}"
+
+    def factors(self, params: Any) -> list[float]:
+        return [1.0 - f for f in _bool_factors(self._inner, params, "~")]
 
     def select(self, params: Any) -> list[bool]:
-        return self._fn(self._inner.select(params))
+        return [f != 0.0 for f in self.factors(params)]
 
 
 class _FromSpec(Mask):
@@ -113,12 +168,104 @@ class _FromSpec(Mask):
         self._spec = spec
         self._name = f"mask({spec!r})"
 
+    def factors(self, params: Any) -> list[float]:
+        return resolve_factors(self._spec, params, float_only=False)
+
     def select(self, params: Any) -> list[bool]:
-        return resolve(self._spec, params, float_only=False)
+        return [f != 0.0 for f in self.factors(params)]
+
+
+class _PerLeaf(Mask):
+    """Factors fixed per leaf path (``used_by``, ``from_param_groups``).
+
+    Matched by path, so it also fits a tree with some leaves removed (as
+    ``optax.masked`` passes to its inner transform); a leaf it has no entry for raises.
+    """
+
+    def __init__(self, by_path: dict[tuple[str, ...], float], name: str):
+        self._by_path, self._name = by_path, name
+
+    def factors(self, params: Any) -> list[float]:
+        out = []
+        for path in leaf_paths(params):
+            if path not in self._by_path:
+                raise ValueError(
+                    f"{self._name} has no entry for leaf {path_str(path)!r}: it was built "
+                    "for other params"
+                )
+            out.append(self._by_path[path])
+        return out
+
+    def select(self, params: Any) -> list[bool]:
+        return [f != 0.0 for f in self.factors(params)]
 
 
 def _as_mask(obj: MaskLike) -> Mask:
     return obj if isinstance(obj, Mask) else _FromSpec(obj)
+
+
+def _check_factor(value: Any, where: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"multiplier for {where} must be a float, got {value!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"multiplier for {where} must be finite and >= 0, got {value!r}")
+    return x
+
+
+class _Multipliers(Mask):
+    def __init__(self, rules: list[tuple[Mask, float]], default: float, name: str):
+        self._rules, self._default, self._name = rules, default, name
+
+    def factors(self, params: Any) -> list[float]:
+        out: list[float | None] = [None] * len(jax.tree.leaves(params))
+        for mask, factor in self._rules:
+            for i, s in enumerate(mask.select(params)):
+                if s and out[i] is None:
+                    out[i] = factor
+        return [self._default if f is None else f for f in out]
+
+    def select(self, params: Any) -> list[bool]:
+        return [f != 0.0 for f in self.factors(params)]
+
+
+def multipliers(*rules: tuple[MaskLike, float], default: float = 0.0) -> Mask:
+    r"""Per-leaf multipliers: each leaf gets the factor of the *first* rule that selects it.
+
+    The regularization strength of a leaf becomes ``factor *`` the hyperparameter
+    (``weight_decay``, ``l1``, ``l2``, a prox threshold), like PyTorch parameter groups
+    with different ``weight_decay`` or big_vision's ``wd_mults``. ``0.0`` means "not
+    regularized"; leaves no rule selects get ``default``.
+
+    Args:
+      *rules: ``(mask, factor)`` pairs, ``mask`` in any mask form, ``factor >= 0``.
+      default: the factor of leaves no rule selects (``>= 0``).
+
+    Returns:
+      A :class:`Mask` whose :meth:`Mask.factors` are the multipliers. ``mask & other``
+      restricts it; ``|`` and ``~`` of a multiplier mask raise ``ValueError``.
+
+    Raises:
+      ValueError: a rule that is not a ``(mask, factor)`` pair, or a negative or
+        non-finite factor.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxreg import masks
+      >>> params = {"enc": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 1))}}
+      >>> m = masks.multipliers((masks.glob("head/*"), 0.1), default=1.0)
+      >>> m.factors(params)
+      [1.0, 0.1]
+    """
+    checked = []
+    for i, rule in enumerate(rules):
+        if not (isinstance(rule, tuple) and len(rule) == 2):
+            raise ValueError(f"multipliers: rule {i} must be a (mask, factor) pair, got {rule!r}")
+        checked.append((_as_mask(rule[0]), _check_factor(rule[1], f"rule {i}")))
+    default = _check_factor(default, "default")
+    name = "multipliers(" + ", ".join(f"({m!r}, {f})" for m, f in checked)
+    return _Multipliers(checked, default, name + f", default={default})")
 
 
 def exclude_names(*names: str) -> Mask:
@@ -155,24 +302,354 @@ def path_regex(pattern: str) -> Mask:
     )
 
 
-def _as_bool(value: Any, where: str) -> bool:
+def glob(*patterns: str) -> Mask:
+    """Select leaves whose "/"-joined path matches one of the glob ``patterns`` in full.
+
+    ``*`` matches within one path component, ``**`` across components (any depth, also
+    none), ``?`` one character, ``[abc]``/``[!abc]`` a character class -- e.g.
+    ``"**/kernel"`` (every kernel), ``"encoder/layers_*/attn/**"``.
+    """
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"glob needs one or more non-empty strings, got {patterns!r}")
+    compiled = [re.compile(_glob_regex(p)) for p in patterns]
+    return Mask(
+        lambda path, leaf: any(c.fullmatch(path_str(path)) for c in compiled),
+        f"glob({', '.join(map(repr, patterns))})",
+    )
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")  # any number of whole components, also none
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                raise ValueError(f"glob: unclosed '[' in {pattern!r}")
+            body = pattern[i + 1 : j]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+def _norm_layers() -> tuple[type, ...]:
+    from flax import linen as nn
+    from flax import nnx
+
+    names = ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm", "InstanceNorm")
+    return tuple(getattr(mod, n) for mod in (nn, nnx) for n in names if hasattr(mod, n))
+
+
+def module_paths(model: Any, *example_args: Any, **example_kwargs: Any) -> list[tuple]:
+    """``(path, module)`` of every Flax submodule of ``model``; paths as in its params.
+
+    ``model`` is a ``flax.nnx.Module`` (its graph is walked) or a ``flax.linen.Module``
+    (initialised abstractly with ``jax.eval_shape(model.init, key, *example_args,
+    **example_kwargs)`` while every module call is recorded; nothing is computed).
+    """
+    from flax import linen as nn
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        return [(tuple(str(k) for k in p), m) for p, m in nnx.iter_modules(model)]
+    if isinstance(model, nn.Module):
+        if not example_args and not example_kwargs:
+            raise ValueError("a linen module needs example inputs to find its submodules")
+        found: dict[tuple, Any] = {}
+
+        def record(next_fun, args, kwargs, context):
+            found.setdefault(tuple(context.module.path), context.module)
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            jax.eval_shape(model.init, jax.random.key(0), *example_args, **example_kwargs)
+        return list(found.items())
+    raise ValueError(f"expected a flax.nnx.Module or flax.linen.Module, got {type(model)!r}")
+
+
+def inside(types: type | tuple[type, ...], model: Any, *example_args: Any, **kw: Any) -> Mask:
+    """Select every leaf inside a submodule of ``model`` that is an instance of ``types``.
+
+    Type-based rules for Flax modules, e.g. ``inside(masks.NORM_LAYERS, model)``: all
+    parameters of any normalization layer, wherever it sits and whatever it is called.
+    The mask's paths are those of the module's params (``variables["params"]`` for
+    linen, ``nnx.state(model, nnx.Param)`` for nnx).
+
+    Args:
+      types: a class or tuple of classes (linen or nnx modules).
+      model: a ``flax.nnx.Module`` or a ``flax.linen.Module``.
+      *example_args: for linen only: example inputs for ``model.init`` (shapes only).
+      **kw: for linen only: keyword inputs for ``model.init``.
+
+    Returns:
+      A :class:`Mask`.
+
+    Example:
+      >>> from flax import nnx
+      >>> from jaxreg import masks
+      >>> class Net(nnx.Module):
+      ...     def __init__(self, rngs):
+      ...         self.fc = nnx.Linear(2, 2, rngs=rngs)
+      ...         self.ln = nnx.LayerNorm(2, rngs=rngs)
+      >>> net = Net(nnx.Rngs(0))
+      >>> masks.selected_paths(masks.inside(masks.NORM_LAYERS, net), nnx.state(net, nnx.Param))
+      ['ln/bias', 'ln/scale']
+    """
+    types = types if isinstance(types, tuple) else (types,)
+    if not types or not all(isinstance(t, type) for t in types):
+        raise ValueError(f"inside needs module classes, got {types!r}")
+    prefixes = [p for p, m in module_paths(model, *example_args, **kw) if isinstance(m, types)]
+    names = ", ".join(t.__name__ for t in types)
+
+    def select(path: tuple[str, ...], leaf: Any) -> bool:
+        return any(path[: len(p)] == p for p in prefixes)
+
+    return Mask(select, f"inside({names})")
+
+
+def no_bias_no_norm(model: Any = None, *example_args: Any, **kw: Any) -> Mask:
+    """The usual "no decay" rule: everything except biases and normalization layers.
+
+    With ``model`` (nnx, or linen plus example inputs), normalization layers are found
+    by type (:data:`NORM_LAYERS`). Without it, by name: Flax's norm layers hold only
+    ``scale`` and ``bias``, so ``exclude_names("bias", "scale")`` is the same rule for
+    models built from Flax's own layers.
+    """
+    if model is None:
+        return exclude_names("bias", "scale")
+    return exclude_names("bias") & ~inside(NORM_LAYERS, model, *example_args, **kw)
+
+
+def timm_1d(no_weight_decay: tuple[str, ...] | list[str] = ()) -> Mask:
+    """timm's ``param_groups_weight_decay`` rule: no decay for 1-D (and 0-D) leaves,
+    biases, or paths matching one of ``no_weight_decay``.
+
+    timm (``timm/optim/_param_groups.py``) excludes ``param.ndim <= 1 or
+    name.endswith(".bias")`` or ``fnmatch(name, pattern)`` for any pattern; here the
+    patterns are :func:`glob` patterns on "/"-joined paths.
+    """
+    mask = min_ndim(2) & exclude_names("bias")
+    if no_weight_decay:
+        mask = mask & ~glob(*no_weight_decay)
+    return mask
+
+
+def kernels_only() -> Mask:
+    """big_vision's default weight-decay rule: only leaves named ``kernel``
+    (its ``wd_mults`` default ``[(".*/kernel$", 1.0)]``)."""
+    return path_regex(r"(^|/)kernel$")
+
+
+def used_by(fn: Callable[..., Any], *args: Any, argnum: int = 0, **kwargs: Any) -> Mask:
+    """Select the leaves of ``args[argnum]`` that ``fn``'s output depends on.
+
+    PyTorch skips a parameter whose ``.grad`` is ``None`` -- one the loss never
+    touched -- in every optimizer (no decay, no momentum). JAX's gradient for such a
+    leaf is an array of zeros, so decay would still move it. This mask finds those
+    leaves *structurally*: ``fn`` is traced once (``jax.make_jaxpr``, nothing runs) and
+    dead code is eliminated; a leaf is selected if the loss still reads it. Multiplying
+    by zero still counts as a use, as in torch. Control flow (``lax.cond``, ``scan``)
+    counts a leaf read in any branch as used.
+
+    Args:
+      fn: the loss, ``fn(*args, **kwargs) -> loss`` or ``-> (loss, aux)`` (only ``loss``
+        counts, as in ``jax.grad(has_aux=True)``).
+      *args: example arguments (only shapes and dtypes matter).
+      argnum: which argument holds the parameters.
+      **kwargs: example keyword arguments.
+
+    Returns:
+      A :class:`Mask` for params with the structure of ``args[argnum]``; combine it:
+      ``used_by(loss, params, x, y) & masks.exclude_names("bias")``, or pass it to
+      :func:`jaxreg.skip_unused` to skip those leaves in the whole optimizer.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxreg import masks
+      >>> loss = lambda p, x: jnp.sum(x @ p["used"])
+      >>> params = {"used": jnp.ones((2, 2)), "unused": jnp.ones(2)}
+      >>> masks.selected_paths(masks.used_by(loss, params, jnp.ones((1, 2))), params)
+      ['used']
+    """
+    from jax._src.interpreters import partial_eval as pe
+
+    if (
+        isinstance(argnum, bool)
+        or not isinstance(argnum, int)
+        or not -len(args) <= argnum < len(args)
+    ):
+        raise ValueError(f"used_by: argnum={argnum!r} does not index the {len(args)} argument(s)")
+    params = args[argnum]
+    leaves, treedef = jax.tree.flatten(params)
+
+    def loss_of_leaves(p_leaves, other_args, other_kwargs):
+        a = list(other_args)
+        a[argnum] = jax.tree.unflatten(treedef, p_leaves)
+        out = fn(*a, **other_kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    others = list(args)
+    others[argnum] = None
+    closed = jax.make_jaxpr(loss_of_leaves)(leaves, others, kwargs)
+    n_out = len(closed.jaxpr.outvars)
+    _, used_inputs = pe.dce_jaxpr(closed.jaxpr, [True] * n_out)
+    used = used_inputs[: len(leaves)]
+    name = getattr(fn, "__name__", type(fn).__name__)
+    by_path = {p: (1.0 if u else 0.0) for p, u in zip(leaf_paths(params), used)}
+    return _PerLeaf(by_path, f"used_by({name})")
+
+
+# ---------------------------------------------------------------- torch parameter groups
+
+_TORCH_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+
+
+def torch_name(path: str | tuple[str, ...], rename: dict[str, str] | None = None) -> str:
+    """The PyTorch ``named_parameters()`` name of a Flax leaf path.
+
+    The rule: module prefixes renamed by ``rename`` (longest matching Flax prefix
+    first, e.g. ``{"Dense_0": "fc1", "blocks": "layers"}``), path components joined
+    with ``"."``, and the leaf ``kernel`` (Dense/Conv), ``scale`` (norm layers) or
+    ``embedding`` (Embed) called ``weight``. ``bias`` and nnx list indices
+    (``blocks/0`` -> ``blocks.0``) carry over as they are.
+
+    Example:
+      >>> from jaxreg import masks
+      >>> masks.torch_name("Dense_0/kernel", {"Dense_0": "fc1"})
+      'fc1.weight'
+    """
+    parts = list(path) if isinstance(path, tuple) else path.split("/")
+    for prefix in sorted(rename or {}, key=lambda p: -len(p.split("/"))):
+        pre = prefix.split("/")
+        if parts[: len(pre)] == pre:
+            parts = rename[prefix].split(".") + parts[len(pre) :]
+            break
+    if parts:
+        parts[-1] = _TORCH_LEAF_NAMES.get(parts[-1], parts[-1])
+    return ".".join(p for p in parts if p)
+
+
+def to_param_groups(
+    mask: MaskLike, params: Any, *, weight_decay: float, rename: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """PyTorch parameter groups (by name) that apply ``mask`` with ``weight_decay``.
+
+    One group per distinct multiplier, in order of first appearance:
+    ``{"params": [names], "weight_decay": weight_decay * factor}`` -- the unselected
+    leaves form a group with ``weight_decay`` ``0.0`` (they still train, as timm's
+    ``no_decay`` group). Non-float leaves are not parameters and appear nowhere. Build
+    the torch optimizer with ``named = dict(model.named_parameters())`` and
+    ``[{**g, "params": [named[n] for n in g["params"]]} for g in groups]``.
+
+    Raises:
+      ValueError: two leaves map to the same torch name (pass ``rename``).
+    """
+    check_nonnegative("weight_decay", weight_decay)
+    factors = resolve_factors(mask, params)
+    groups: dict[float, list[str]] = {}
+    seen: dict[str, str] = {}
+    for path, leaf, f in zip(leaf_paths(params), jax.tree.leaves(params), factors):
+        if not is_float_leaf(leaf):
+            continue
+        name = torch_name(path, rename)
+        if name in seen:
+            raise ValueError(
+                f"to_param_groups: {path_str(path)!r} and {seen[name]!r} both map to torch "
+                f"name {name!r}; pass rename="
+            )
+        seen[name] = path_str(path)
+        groups.setdefault(f, []).append(name)
+    return [{"params": names, "weight_decay": weight_decay * f} for f, names in groups.items()]
+
+
+def from_param_groups(
+    groups: list[dict[str, Any]],
+    params: Any,
+    *,
+    weight_decay: float,
+    rename: dict[str, str] | None = None,
+) -> Mask:
+    """A multiplier mask reproducing PyTorch parameter groups' ``weight_decay``.
+
+    Each group names its parameters (``"params"`` as ``named_parameters()`` names, or
+    ``"param_names"`` as torch stores them for optimizers built from named
+    parameters); its ``weight_decay`` (``weight_decay`` when the group has none, as
+    torch's defaults) becomes the multiplier ``group_weight_decay / weight_decay`` on
+    the leaves whose :func:`torch_name` it lists. Use the result as ``mask=`` of a
+    jaxreg transform or ``weight_decay_mask=`` of a :mod:`jaxreg.optim` optimizer with
+    the same ``weight_decay``.
+
+    Raises:
+      ValueError: a name that no leaf has, a name in two groups, a float leaf in no
+        group, or a non-zero group decay with ``weight_decay == 0``.
+    """
+    check_nonnegative("weight_decay", weight_decay)
+    paths = leaf_paths(params)
+    leaves = jax.tree.leaves(params)
+    index = {torch_name(p, rename): i for i, p in enumerate(paths)}
+    factors: list[float | None] = [None] * len(leaves)
+    problems = []
+    for g, group in enumerate(groups):
+        names = group.get("param_names", group.get("params"))
+        if names is None or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"from_param_groups: group {g} must list parameter names (str)")
+        wd = group.get("weight_decay", weight_decay)
+        check_nonnegative(f"group {g} weight_decay", wd)
+        if weight_decay == 0 and wd != 0:
+            raise ValueError(f"group {g} has weight_decay={wd} but the base weight_decay is 0")
+        factor = 0.0 if wd == 0 else float(wd) / float(weight_decay)
+        for n in names:
+            if n not in index:
+                problems.append(f"group {g}: no leaf is called {n!r}")
+            elif factors[index[n]] is not None:
+                problems.append(f"{n!r} appears in more than one group")
+            else:
+                factors[index[n]] = factor
+    for p, x, f in zip(paths, leaves, factors):
+        if f is None and is_float_leaf(x):
+            problems.append(f"leaf {path_str(p)!r} ({torch_name(p, rename)!r}) is in no group")
+    if problems:
+        raise ValueError("param groups do not fit params: " + "; ".join(problems))
+    by_path = {p: (f or 0.0) for p, f in zip(paths, factors)}
+    return _PerLeaf(by_path, "from_param_groups(...)")
+
+
+def _as_factor(value: Any, where: str) -> float:
     if isinstance(value, (bool, np.bool_)):
-        return bool(value)
+        return 1.0 if value else 0.0
     if isinstance(value, jax.core.Tracer):
-        raise ValueError(f"mask entry at {where!r} is a traced value; masks must be concrete bools")
+        raise ValueError(f"mask entry at {where!r} is a traced value; masks must be concrete")
     if hasattr(value, "dtype") and np.ndim(value) == 0 and np.dtype(value.dtype) == np.bool_:
-        return bool(value)
-    raise ValueError(f"mask entry at {where!r} must be a bool, got {value!r}")
+        return 1.0 if bool(value) else 0.0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _check_factor(value, repr(where))
+    raise ValueError(f"mask entry at {where!r} must be a bool or a multiplier, got {value!r}")
 
 
-def _match_bool_tree(mask_tree: Any, params: Any) -> list[bool]:
-    """Match a bool pytree (full structure or prefix) to the params' leaves by path."""
+def _match_tree(mask_tree: Any, params: Any) -> list[float]:
+    """Match a bool/multiplier pytree (full structure or prefix) to the params by path."""
     mask_leaves = jax.tree.leaves(mask_tree, is_leaf=is_variable)
-    mask_leaves = [m.value if is_variable(m) else m for m in mask_leaves]
+    mask_leaves = [_variable_value(m) if is_variable(m) else m for m in mask_leaves]
     mask_paths = _variable_level_paths(mask_tree)  # aligned with mask_leaves
-    entries: dict[tuple[str, ...], bool] = {}
+    entries: dict[tuple[str, ...], float] = {}
     for p, v in zip(mask_paths, mask_leaves):
-        entries[p] = _as_bool(v, path_str(p) or "<root>")
+        entries[p] = _as_factor(v, path_str(p) or "<root>")
     used: set[tuple[str, ...]] = set()
     out = []
     for path in leaf_paths(params):
@@ -196,16 +673,55 @@ def _match_bool_tree(mask_tree: Any, params: Any) -> list[bool]:
     return out
 
 
+def _variable_value(v: Any) -> Any:
+    return v.get_value() if hasattr(v, "get_value") else v.value  # flax >= 0.12 / older
+
+
 def _variable_level_paths(tree: Any) -> list[tuple[str, ...]]:
     nodes = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]
     return [tuple(key_str(k) for k in path) for path, _ in nodes]
 
 
+def resolve_factors(mask: MaskLike, params: Any, *, float_only: bool = True) -> list[float]:
+    """Resolve any mask form to one multiplier per leaf (``0.0``: not selected).
+
+    Args:
+      mask: ``None`` (every leaf, ``1.0``), a bool or multiplier pytree (full or
+        prefix), a callable returning one, or a :class:`Mask`.
+      params: the parameter pytree.
+      float_only: give leaves that are not real floating point ``0.0`` (default).
+
+    Returns:
+      A list of Python floats, one per leaf in ``jax.tree.leaves`` order.
+
+    Raises:
+      ValueError: if the mask does not fit the params (the message names the path), or
+        a multiplier is negative or not finite.
+    """
+    leaves = jax.tree.leaves(params)
+    if mask is None:
+        factors = [1.0] * len(leaves)
+    elif isinstance(mask, Mask):
+        factors = [float(f) for f in mask.factors(params)]
+    elif callable(mask):
+        factors = _match_tree(mask(params), params)
+    else:
+        factors = _match_tree(mask, params)
+    if len(factors) != len(leaves):  # pragma: no cover - a Mask subclass bug
+        raise ValueError(f"mask gave {len(factors)} entries for {len(leaves)} leaves")
+    if float_only:
+        factors = [f if is_float_leaf(x) else 0.0 for f, x in zip(factors, leaves)]
+    return factors
+
+
 def resolve(mask: MaskLike, params: Any, *, float_only: bool = True) -> list[bool]:
     """Resolve any mask form to one bool per leaf of ``params`` (``jax.tree.leaves`` order).
 
+    A leaf is selected when its multiplier (:func:`resolve_factors`) is not zero.
+
     Args:
-      mask: ``None``, a bool pytree (full or prefix), a callable, or a :class:`Mask`.
+      mask: ``None``, a bool or multiplier pytree (full or prefix), a callable, or a
+        :class:`Mask`.
       params: the parameter pytree.
       float_only: also deselect leaves that are not real floating point (default).
 
@@ -215,18 +731,7 @@ def resolve(mask: MaskLike, params: Any, *, float_only: bool = True) -> list[boo
     Raises:
       ValueError: if the mask does not fit the params (the message names the path).
     """
-    leaves = jax.tree.leaves(params)
-    if mask is None:
-        sel = [True] * len(leaves)
-    elif isinstance(mask, Mask):
-        sel = mask.select(params)
-    elif callable(mask):
-        sel = _match_bool_tree(mask(params), params)
-    else:
-        sel = _match_bool_tree(mask, params)
-    if float_only:
-        sel = [s and is_float_leaf(x) for s, x in zip(sel, leaves)]
-    return sel
+    return [f != 0.0 for f in resolve_factors(mask, params, float_only=float_only)]
 
 
 def selected_paths(mask: MaskLike, params: Any) -> list[str]:
@@ -235,29 +740,36 @@ def selected_paths(mask: MaskLike, params: Any) -> list[str]:
 
 
 def describe(mask: MaskLike, params: Any) -> str:
-    """A table of every leaf: path, shape, dtype and whether ``mask`` selects it.
+    """A table of every leaf: path, shape, dtype, whether ``mask`` selects it, multiplier.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxreg import masks
       >>> params = {"b": jnp.zeros(3, jnp.float32), "w": jnp.ones((3, 2), jnp.float32)}
       >>> print(masks.describe(masks.min_ndim(2), params))
-      path  shape   dtype    selected
-      b     (3,)    float32  no
-      w     (3, 2)  float32  yes
+      path  shape   dtype    selected  multiplier
+      b     (3,)    float32  no        0
+      w     (3, 2)  float32  yes       1
       1 of 2 leaves selected (6 of 9 elements)
     """
     leaves = jax.tree.leaves(params)
-    sel = resolve(mask, params)
-    rows = [("path", "shape", "dtype", "selected")]
-    for p, x, s in zip(leaf_paths(params), leaves, sel):
+    factors = resolve_factors(mask, params)
+    rows = [("path", "shape", "dtype", "selected", "multiplier")]
+    for p, x, f in zip(leaf_paths(params), leaves, factors):
         dtype = str(getattr(x, "dtype", type(x).__name__))
-        rows.append((path_str(p), str(tuple(np.shape(x))), dtype, "yes" if s else "no"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        shape = str(tuple(np.shape(x)))
+        rows.append((path_str(p), shape, dtype, "yes" if f else "no", f"{f:g}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     n_el = [int(np.size(x)) for x in leaves]
+    sel = [f != 0.0 for f in factors]
     lines.append(
         f"{sum(sel)} of {len(leaves)} leaves selected "
         f"({sum(n for n, s in zip(n_el, sel) if s)} of {sum(n_el)} elements)"
     )
     return "\n".join(lines)
+
+
+NORM_LAYERS: tuple[type, ...] = _norm_layers()
+"""Flax's normalization layers, linen and nnx: ``BatchNorm``, ``LayerNorm``,
+``GroupNorm``, ``RMSNorm``, ``InstanceNorm`` (those the installed Flax has)."""

@@ -131,13 +131,13 @@ def test_describe_table():
     tree = ALL_KINDS["linen"]()
     text = masks.describe(masks.exclude_names("bias"), tree)
     lines = text.splitlines()
-    assert lines[0].split() == ["path", "shape", "dtype", "selected"]
-    rows = {line.split()[0]: line.split()[-1] for line in lines[1:-1]}
+    assert lines[0].split() == ["path", "shape", "dtype", "selected", "multiplier"]
+    rows = {line.split()[0]: line.split()[-2:] for line in lines[1:-1]}
     assert rows == {
-        "dense/bias": "no",
-        "dense/kernel": "yes",
-        "norm/bias": "no",
-        "norm/scale": "yes",
+        "dense/bias": ["no", "0"],
+        "dense/kernel": ["yes", "1"],
+        "norm/bias": ["no", "0"],
+        "norm/scale": ["yes", "1"],
     }
     assert lines[-1] == "2 of 4 leaves selected (15 of 21 elements)"
 
