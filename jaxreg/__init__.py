@@ -4,7 +4,7 @@ Penalties are pure functions of parameter pytrees; decay and proximal steps are
 Optax gradient transformations; :mod:`jaxreg.masks` selects what is regularized.
 """
 
-from jaxreg import masks, optim
+from jaxreg import masks, optim, prox
 from jaxreg._decay import (
     ScheduleState,
     add_l1_decay,
@@ -21,12 +21,16 @@ from jaxreg._structured import (
     l2_to_reference_penalty,
     orthogonal_penalty,
 )
+from jaxreg.prox import ProximalState, proximal
 
 __version__ = "0.1.0"
 
 __all__ = [
     "masks",
     "optim",
+    "prox",
+    "proximal",
+    "ProximalState",
     "l1_penalty",
     "l2_penalty",
     "elastic_net_penalty",
