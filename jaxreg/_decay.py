@@ -114,7 +114,8 @@ def add_weight_decay(weight_decay: ScalarOrSchedule, mask: MaskLike = None):
 
     Args:
       weight_decay: :math:`\lambda \ge 0`; a float, scalar array or schedule.
-      mask: which leaves decay; see :mod:`jaxreg.masks`. Non-float leaves never decay.
+      mask: which leaves decay, and their multipliers; see :mod:`jaxreg.masks`. Non-float
+        leaves never decay.
 
     Returns:
       An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
@@ -170,7 +171,7 @@ def decoupled_weight_decay(
     Args:
       weight_decay: :math:`\lambda \ge 0`; float, scalar array or schedule.
       learning_rate: :math:`\eta_t \ge 0`; float, scalar array or schedule.
-      mask: which leaves decay; see :mod:`jaxreg.masks`.
+      mask: which leaves decay, and their multipliers; see :mod:`jaxreg.masks`.
       mode: one of ``"lr"``, ``"schedule"``, ``"fixed"``, ``"corrected"``, ``"lr_power"``.
       max_learning_rate: :math:`\eta_{\max} > 0` for ``"schedule"`` and ``"corrected"``;
         defaults to ``learning_rate`` when that is a constant (required for a schedule).
@@ -231,7 +232,7 @@ def add_l1_decay(alpha: ScalarOrSchedule, mask: MaskLike = None):
 
     Args:
       alpha: :math:`\alpha \ge 0`; float, scalar array or schedule.
-      mask: which leaves decay; see :mod:`jaxreg.masks`.
+      mask: which leaves decay, and their multipliers; see :mod:`jaxreg.masks`.
 
     Returns:
       An ``optax.GradientTransformation``.

@@ -66,8 +66,8 @@ def l1_penalty(params: Any, mask: MaskLike = None) -> jax.Array:
 
     Args:
       params: a pytree of arrays (Flax linen dict, ``flax.nnx.State``, plain tree).
-      mask: which leaves to include; see :mod:`jaxreg.masks`. Non-float leaves are
-        always skipped.
+      mask: which leaves to include, and their multipliers; see :mod:`jaxreg.masks`.
+        Non-float leaves are always skipped.
 
     Returns:
       A scalar. Its dtype is the widest of float32 and the selected leaves' dtypes
@@ -100,7 +100,7 @@ def l2_penalty(params: Any, mask: MaskLike = None, *, convention: str = "sum") -
 
     Args:
       params: a pytree of arrays (Flax linen dict, ``flax.nnx.State``, plain tree).
-      mask: which leaves to include; see :mod:`jaxreg.masks`.
+      mask: which leaves to include, and their multipliers; see :mod:`jaxreg.masks`.
       convention: ``"sum"`` (default) for :math:`\sum w^2`, ``"half"`` for
         :math:`\tfrac12 \sum w^2` (gradient :math:`w`; see
         :func:`jaxreg.equivalent_weight_decay`).
@@ -137,7 +137,7 @@ def elastic_net_penalty(
       params: a pytree of arrays.
       l1: weight of the L1 term, ``>= 0``.
       l2: weight of the L2 term, ``>= 0``.
-      mask: which leaves to include; see :mod:`jaxreg.masks`.
+      mask: which leaves to include, and their multipliers; see :mod:`jaxreg.masks`.
       convention: of the L2 term, as in :func:`l2_penalty`.
 
     Returns:
@@ -184,7 +184,8 @@ def regularized(
       loss_fn: ``loss_fn(*args, **kwargs) -> loss`` or ``-> (loss, aux)``.
       l1: L1 weight, ``>= 0``.
       l2: L2 weight, ``>= 0`` (sum-of-squares convention: SGD ``weight_decay = 2 * l2``).
-      mask: which leaves of the parameters to penalize; see :mod:`jaxreg.masks`.
+      mask: which leaves of the parameters to penalize, and their multipliers; see
+        :mod:`jaxreg.masks`.
       argnum: position of the parameters among ``loss_fn``'s positional arguments.
       convention: of the L2 term, as in :func:`l2_penalty` (``"half"``: ½·l2·Σw²).
 

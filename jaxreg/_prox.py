@@ -41,7 +41,7 @@ def prox_l1(threshold: ScalarOrSchedule, mask: MaskLike = None):
 
     Args:
       threshold: :math:`t \ge 0`; float, scalar array or schedule.
-      mask: which leaves are thresholded; see :mod:`jaxreg.masks`.
+      mask: which leaves are thresholded (multipliers scale the threshold); see :mod:`jaxreg.masks`.
 
     Returns:
       An ``optax.GradientTransformation`` whose update is ``prox(θ + u) - θ``.
@@ -81,7 +81,7 @@ def prox_elastic_net(l1: ScalarOrSchedule, l2: ScalarOrSchedule, mask: MaskLike 
     Args:
       l1: L1 threshold, ``>= 0``; float, scalar array or schedule.
       l2: L2 weight, ``>= 0``; float, scalar array or schedule.
-      mask: which leaves; see :mod:`jaxreg.masks`.
+      mask: which leaves (multipliers scale l1 and l2); see :mod:`jaxreg.masks`.
 
     Returns:
       An ``optax.GradientTransformation``.

@@ -49,7 +49,7 @@ def group_lasso_penalty(params: Any, groups: str = "leaves", mask: MaskLike = No
     Args:
       params: a pytree of arrays.
       groups: ``"leaves"``, ``"rows"`` or ``"columns"``.
-      mask: which leaves to include; see :mod:`jaxreg.masks`.
+      mask: which leaves to include, and their multipliers; see :mod:`jaxreg.masks`.
 
     Returns:
       A scalar of dtype ``promote(float32, leaf dtypes)``; ``0.0`` if nothing is selected.
@@ -151,7 +151,7 @@ def l2_to_reference_penalty(
     Args:
       params: a pytree of arrays.
       reference: a pytree with the same structure and shapes (e.g. the pretrained params).
-      mask: which leaves of ``params`` to include; see :mod:`jaxreg.masks`.
+      mask: which leaves of ``params`` to include, and their multipliers; see :mod:`jaxreg.masks`.
       convention: ``"sum"`` (default) or ``"half"`` (:math:`\tfrac12 \sum (w - w^{ref})^2`).
 
     Returns:

@@ -61,7 +61,7 @@ def adafactor(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.Adafactor's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.

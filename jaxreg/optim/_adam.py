@@ -111,7 +111,7 @@ def adam(
       lr: learning rate, float or Optax schedule.
       betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay: as in torch.
       foreach, capturable, differentiable, fused: torch kernel choices; accepted, ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -218,7 +218,7 @@ def adamax(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.Adamax's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -306,7 +306,7 @@ def nadam(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.NAdam's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -393,7 +393,7 @@ def radam(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.RAdam's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.

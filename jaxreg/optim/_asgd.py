@@ -56,7 +56,7 @@ def asgd(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.ASGD's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.

@@ -52,7 +52,7 @@ def rmsprop(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.RMSprop's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -154,7 +154,7 @@ def adagrad(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.Adagrad's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -234,7 +234,7 @@ def adadelta(
       lr: learning rate, a float or an Optax schedule of the step count.
       Other arguments: torch.optim.Adadelta's, same names, defaults and meaning; kernel
         flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language).
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
       An ``optax.GradientTransformation``.

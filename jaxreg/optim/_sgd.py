@@ -82,8 +82,8 @@ def sgd(
         ``scheduler.step()`` after each ``optimizer.step()``).
       momentum, dampening, weight_decay, nesterov, maximize: as in torch.
       foreach, differentiable, fused: torch kernel choices; accepted and ignored.
-      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg mask language); the
-        others behave like a torch param group with ``weight_decay=0``.
+      weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale
+        it); the others behave like a torch param group with ``weight_decay=0``.
 
     Returns:
       An ``optax.GradientTransformation``; apply with ``optax.apply_updates``.
