@@ -135,6 +135,20 @@ TRANSFORMS = {
     "add_l1_decay": lambda: jaxreg.add_l1_decay(0.1),
     "prox_l1": lambda: optax.chain(optax.sgd(0.1), jaxreg.prox_l1(0.05)),
     "prox_elastic_net": lambda: optax.chain(optax.sgd(0.1), jaxreg.prox_elastic_net(0.05, 0.1)),
+    "proximal_fista_group_lasso": lambda: optax.chain(
+        optax.sgd(0.1),
+        jaxreg.proximal(jaxreg.prox.prox_group_lasso, 0.5, scaling=0.1, accelerate=True),
+    ),
+    "adamw_multipliers": lambda: jaxreg.optim.adamw(
+        1e-2,
+        weight_decay=0.1,
+        weight_decay_mask=jaxreg.masks.multipliers(
+            (jaxreg.masks.glob("fsdp", "both"), 3.0), (jaxreg.masks.min_ndim(1), 0.5)
+        ),
+    ),
+    "skip_unused": lambda: jaxreg.skip_unused(
+        jaxreg.optim.sgd(0.1, momentum=0.9, weight_decay=0.1), jaxreg.masks.glob("tp", "vec")
+    ),
     "masked_schedule": lambda: optax.chain(
         optax.adam(1e-2),
         jaxreg.decoupled_weight_decay(
@@ -149,12 +163,13 @@ def test_transform_sharded_equals_single_device(mesh, name):
     _check(TRANSFORMS[name](), list(LAYOUT), mesh)
 
 
-@pytest.mark.parametrize("penalty", ["l1", "l2", "elastic_net"])
+@pytest.mark.parametrize("penalty", ["l1", "l2", "elastic_net", "multiplied_l2"])
 def test_penalty_value_and_grad_sharded(mesh, penalty):
     fn = {
         "l1": lambda p: 0.3 * jaxreg.l1_penalty(p),
         "l2": lambda p: 0.3 * jaxreg.l2_penalty(p, mask=jaxreg.masks.min_ndim(1)),
         "elastic_net": lambda p: jaxreg.elastic_net_penalty(p, l1=0.3, l2=0.2),
+        "multiplied_l2": lambda p: jaxreg.l2_penalty(p, {n: i + 0.5 for i, n in enumerate(LAYOUT)}),
     }[penalty]
     params, _ = _trees(list(LAYOUT))
     v_ref, g_ref = jax.jit(jax.value_and_grad(fn))(jax.tree.map(jnp.asarray, params))
