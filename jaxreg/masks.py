@@ -121,6 +121,13 @@ class Mask:
         return self._name
 
 
+class _FactorMask(Mask):
+    """A mask defined by its :meth:`factors`; it selects where the factor is not 0."""
+
+    def select(self, params: Any) -> list[bool]:
+        return [f != 0.0 for f in self.factors(params)]
+
+
 def _bool_factors(mask: Mask, params: Any, op: str) -> list[float]:
     f = mask.factors(params)
     if any(x not in (0.0, 1.0) for x in f):
@@ -131,7 +138,7 @@ def _bool_factors(mask: Mask, params: Any, op: str) -> list[float]:
     return f
 
 
-class _Combined(Mask):
+class _Combined(_FactorMask):
     """``a & b`` multiplies the factors (a selector restricts a multiplier mask);
     ``a | b`` is only defined for plain selectors."""
 
@@ -145,11 +152,8 @@ class _Combined(Mask):
         fa, fb = _bool_factors(self._a, params, "|"), _bool_factors(self._b, params, "|")
         return [max(x, y) for x, y in zip(fa, fb)]
 
-    def select(self, params: Any) -> list[bool]:
-        return [f != 0.0 for f in self.factors(params)]
 
-
-class _Inverted(Mask):
+class _Inverted(_FactorMask):
     def __init__(self, inner: Mask):
         self._inner = inner
         self._name = f"~{inner!r}"
@@ -157,11 +161,8 @@ class _Inverted(Mask):
     def factors(self, params: Any) -> list[float]:
         return [1.0 - f for f in _bool_factors(self._inner, params, "~")]
 
-    def select(self, params: Any) -> list[bool]:
-        return [f != 0.0 for f in self.factors(params)]
 
-
-class _FromSpec(Mask):
+class _FromSpec(_FactorMask):
     """Wraps any other mask form (bool tree, callable) so it combines with ``&``/``|``."""
 
     def __init__(self, spec: Any):
@@ -171,11 +172,8 @@ class _FromSpec(Mask):
     def factors(self, params: Any) -> list[float]:
         return resolve_factors(self._spec, params, float_only=False)
 
-    def select(self, params: Any) -> list[bool]:
-        return [f != 0.0 for f in self.factors(params)]
 
-
-class _PerLeaf(Mask):
+class _PerLeaf(_FactorMask):
     """Factors fixed per leaf path (``used_by``, ``from_param_groups``).
 
     Matched by path, so it also fits a tree with some leaves removed (as
@@ -196,9 +194,6 @@ class _PerLeaf(Mask):
             out.append(self._by_path[path])
         return out
 
-    def select(self, params: Any) -> list[bool]:
-        return [f != 0.0 for f in self.factors(params)]
-
 
 def _as_mask(obj: MaskLike) -> Mask:
     return obj if isinstance(obj, Mask) else _FromSpec(obj)
@@ -214,7 +209,7 @@ def _check_factor(value: Any, where: str) -> float:
     return x
 
 
-class _Multipliers(Mask):
+class _Multipliers(_FactorMask):
     def __init__(self, rules: list[tuple[Mask, float]], default: float, name: str):
         self._rules, self._default, self._name = rules, default, name
 
@@ -225,9 +220,6 @@ class _Multipliers(Mask):
                 if s and out[i] is None:
                     out[i] = factor
         return [self._default if f is None else f for f in out]
-
-    def select(self, params: Any) -> list[bool]:
-        return [f != 0.0 for f in self.factors(params)]
 
 
 def multipliers(*rules: tuple[MaskLike, float], default: float = 0.0) -> Mask:

@@ -75,6 +75,14 @@ def _per_leaf(h: Any, x: Any) -> list[Any]:
         raise ValueError(f"a hyperparameter must be a scalar or a pytree like x: {e}") from None
 
 
+def _checked(name: str, value: Any, scaling: Any) -> Any:
+    """The hyperparameter (jaxopt's default 1 for ``None``), checked with ``scaling``."""
+    value = 1.0 if value is None else value
+    _check(name, value)
+    _check("scaling", scaling)
+    return value
+
+
 def _soft(u: jax.Array, t: Any) -> jax.Array:
     return jnp.sign(u) * jnp.maximum(jnp.abs(u) - t, 0)
 
@@ -114,9 +122,7 @@ def prox_lasso(x: Any, l1reg: Any = None, scaling: float = 1.0) -> Any:
       >>> prox_lasso(jnp.array([1.5, -0.2]), 0.5, scaling=2.0).tolist()
       [0.5, -0.0]
     """
-    l1reg = 1.0 if l1reg is None else l1reg
-    _check("l1reg", l1reg)
-    _check("scaling", scaling)
+    l1reg = _checked("l1reg", l1reg, scaling)
     leaves, treedef = jax.tree.flatten(x)
     out = [_soft(u, lam * scaling) for u, lam in zip(leaves, _per_leaf(l1reg, x))]
     return jax.tree.unflatten(treedef, out)
@@ -135,9 +141,7 @@ def prox_non_negative_lasso(x: Any, l1reg: Any = None, scaling: float = 1.0) -> 
     Returns:
       A pytree like ``x``, all entries ``>= 0``.
     """
-    l1reg = 1.0 if l1reg is None else l1reg
-    _check("l1reg", l1reg)
-    _check("scaling", scaling)
+    l1reg = _checked("l1reg", l1reg, scaling)
     leaves, treedef = jax.tree.flatten(x)
     out = [jnp.maximum(u - lam * scaling, 0) for u, lam in zip(leaves, _per_leaf(l1reg, x))]
     return jax.tree.unflatten(treedef, out)
@@ -197,9 +201,7 @@ def prox_group_lasso(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``.
     """
-    l2reg = 1.0 if l2reg is None else l2reg
-    _check("l2reg", l2reg)
-    _check("scaling", scaling)
+    l2reg = _checked("l2reg", l2reg, scaling)
     leaves, treedef = jax.tree.flatten(x)
     sq = sum(jnp.sum(jnp.square(u)) for u in leaves)
     pos = sq > 0
@@ -226,9 +228,7 @@ def prox_ridge(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``.
     """
-    l2reg = 1.0 if l2reg is None else l2reg
-    _check("l2reg", l2reg)
-    _check("scaling", scaling)
+    l2reg = _checked("l2reg", l2reg, scaling)
     return jax.tree.map(lambda u: u / (1.0 + scaling * l2reg), x)
 
 
@@ -245,9 +245,7 @@ def prox_non_negative_ridge(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> A
     Returns:
       A pytree like ``x``, all entries ``>= 0``.
     """
-    l2reg = 1.0 if l2reg is None else l2reg
-    _check("l2reg", l2reg)
-    _check("scaling", scaling)
+    l2reg = _checked("l2reg", l2reg, scaling)
     return jax.tree.map(lambda u: jnp.maximum(u, 0) / (1.0 + scaling * l2reg), x)
 
 
