@@ -470,6 +470,13 @@ def test_used_by_is_structural():
         masks.used_by(loss, params, argnum=3)
 
 
+def test_used_by_on_an_nnx_state():
+    net = _NnxUnused(nnx.Rngs(0))
+    graphdef, state = nnx.split(net, nnx.Param)
+    used = masks.used_by(lambda s, x: jnp.sum(nnx.merge(graphdef, s)(x)), state, jnp.ones((2, 4)))
+    assert masks.selected_paths(used, state) == ["fc/bias", "fc/kernel"]
+
+
 class _TorchUnused(torch.nn.Module):
     def __init__(self):
         super().__init__()
