@@ -359,7 +359,8 @@ def module_paths(model: Any, *example_args: Any, **example_kwargs: Any) -> list[
     from flax import nnx
 
     if isinstance(model, nnx.Module):
-        return [(tuple(str(k) for k in p), m) for p, m in nnx.iter_modules(model)]
+        walk = nnx.iter_modules(model) if hasattr(nnx, "iter_modules") else model.iter_modules()
+        return [(tuple(str(k) for k in p), m) for p, m in walk]
     if isinstance(model, nn.Module):
         if not example_args and not example_kwargs:
             raise ValueError("a linen module needs example inputs to find its submodules")
@@ -479,6 +480,8 @@ def used_by(fn: Callable[..., Any], *args: Any, argnum: int = 0, **kwargs: Any) 
       >>> masks.selected_paths(masks.used_by(loss, params, jnp.ones((1, 2))), params)
       ['used']
     """
+    # jax's own dead-code elimination (what jit uses); private, but stable for years and
+    # exercised by tests/test_masks_more.py, so a change in JAX shows up as a test failure.
     from jax._src.interpreters import partial_eval as pe
 
     if (
