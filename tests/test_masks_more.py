@@ -24,6 +24,7 @@ from flax import nnx
 
 import jaxreg
 from jaxreg import masks
+from jaxreg._tree import leaf_paths
 from parity.models import FlaxCNN, FlaxMLP, TorchCNN, TorchMLP
 
 F64 = 1e-12
@@ -65,6 +66,7 @@ def test_multipliers_first_rule_wins_and_default():
         "norm/scale",
         "step",
     ]
+    assert ["/".join(p) for p in leaf_paths(t)] == names
     factors = dict(zip(names, masks.resolve_factors(m, t)))
     assert factors == {
         "enc/bias": 0.5,
@@ -106,7 +108,7 @@ def test_penalties_scale_each_leaf_by_its_multiplier():
     t = _tree()
     m = masks.multipliers((masks.glob("head/**"), 0.1), (masks.glob("enc/kernel"), 3.0))
     f = {"head/kernel": 0.1, "head/bias": 0.1, "enc/kernel": 3.0}
-    leaf = {"/".join(k): np.asarray(v) for k, v in _flat(t)}
+    leaf = {"/".join(k): np.asarray(v) for k, v in zip(leaf_paths(t), jax.tree.leaves(t))}
     want_l2 = sum(w * np.sum(leaf[p] ** 2) for p, w in f.items())
     want_l1 = sum(w * np.sum(np.abs(leaf[p])) for p, w in f.items())
     want_gl = sum(w * np.linalg.norm(leaf[p]) for p, w in f.items())
@@ -126,13 +128,6 @@ def test_penalties_scale_each_leaf_by_its_multiplier():
         np.asarray(g["head"]["kernel"]), 0.2 * leaf["head/kernel"], rtol=1e-15
     )
     np.testing.assert_array_equal(np.asarray(g["norm"]["scale"]), 0.0)
-
-
-def _flat(t):
-    return [
-        (tuple(str(getattr(k, "key", k)) for k in p), v)
-        for p, v in jax.tree_util.tree_flatten_with_path(t)[0]
-    ]
 
 
 def test_describe_shows_multipliers():
@@ -191,8 +186,6 @@ def _run_torch(make_opt, groups, params, grads, rename=None):
 
 
 def _paths(tree):
-    from jaxreg._tree import leaf_paths
-
     return leaf_paths(tree)
 
 
