@@ -122,6 +122,12 @@ def test_penalties_scale_each_leaf_by_its_multiplier():
     np.testing.assert_allclose(
         float(jaxreg.elastic_net_penalty(t, 0.3, 0.7, m)), 0.3 * want_l1 + 0.7 * want_l2, rtol=1e-14
     )
+    enc = masks.glob("enc/kernel")  # orthogonal_penalty itself is checked against Keras' formula
+    np.testing.assert_allclose(
+        float(jaxreg.orthogonal_penalty(t, mask=masks.multipliers((enc, 3.0)))),
+        3.0 * float(jaxreg.orthogonal_penalty(t, mask=enc)),
+        rtol=1e-15,
+    )
     # gradient: 2 * multiplier * w
     g = jax.grad(lambda p: jaxreg.l2_penalty(p, m))({k: v for k, v in t.items() if k != "step"})
     np.testing.assert_allclose(
