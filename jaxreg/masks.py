@@ -331,7 +331,10 @@ def _glob_regex(pattern: str) -> str:
             if j < 0:
                 raise ValueError(f"glob: unclosed '[' in {pattern!r}")
             body = pattern[i + 1 : j]
-            body = "^" + body[1:] if body.startswith("!") else body
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):  # a literal ^, as in fnmatch
+                body = "\\^" + body[1:]
             out.append("[" + body.replace("\\", "\\\\") + "]")
             i = j + 1
         else:

@@ -374,6 +374,9 @@ def test_glob_errors():
         masks.glob()
     with pytest.raises(ValueError, match="unclosed"):
         masks.glob("enc/[ab")
+    t = {"^a": jnp.ones(1), "b": jnp.ones(1)}  # [^a] is a class of '^' and 'a', as in fnmatch
+    assert masks.selected_paths(masks.glob("[^a]a"), t) == ["^a"]
+    assert fnmatch.fnmatchcase("^a", "[^a]a") and not fnmatch.fnmatchcase("b", "[^a]")
 
 
 # ------------------------------------------------------------------------ module types
