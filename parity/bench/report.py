@@ -21,11 +21,13 @@ def table(results: dict) -> str:
         f"torch {env['versions']['torch']}; {env['config']['rounds']} rounds, median of "
         "round medians (ms); BW/triad: nominal fused bytes (SGD+momentum 20, AdamW 28 B/param) "
         "per step ÷ time ÷ same-run triad bandwidth; HLO B/p: bytes the compiled jaxreg step "
-        "actually reads and writes per parameter",
+        "(XLA path) actually reads and writes per parameter; jaxreg = the XLA path (optax "
+        "update), fused = jaxreg.optim.fused_* (one custom call); ÷best/÷fused/BW use the "
+        "faster of the two",
         "triad (a = b + s·c, float32): "
         + ", ".join(f"{k} {v:.1f} GB/s" for k, v in d["triad_GBps"].items()),
         "",
-        f"{'case':26s} {'jaxreg':>10s} "
+        f"{'case':26s} {'jaxreg':>10s} {'fused':>10s} "
         + " ".join(f"{v.removeprefix('torch_'):>10s}" for v in TORCH_VARIANTS)
         + f" {'÷best':>6s} {'÷fused':>6s} {'BW/triad':>8s} {'HLO B/p':>7s}",
     ]
@@ -33,7 +35,10 @@ def table(results: dict) -> str:
 
     def row_start(label: str) -> str:  # the case and its times: jaxreg, then each torch variant
         g = by_label[label]["subjects"]
-        cells = [_ms(g["jax:jaxreg"]["median_s"])]
+        cells = [
+            _ms(g["jax:jaxreg"]["median_s"]),
+            _ms(g.get("jax:jaxreg_fused", {}).get("median_s")),
+        ]
         for v in TORCH_VARIANTS:
             sub = g.get(f"torch:{v}", {})
             mark = "" if sub.get("guard_ok") or "median_s" not in sub else "*"
@@ -113,7 +118,8 @@ def plot(results: dict, path: Path) -> Path:
         if not rows:
             continue
         n = np.array([r["params"] for r in rows], float)
-        series = {"jaxreg": "jax:jaxreg", **{v.removeprefix("torch_"): f"torch:{v}"
+        series = {"jaxreg": "jax:jaxreg", "jaxreg fused": "jax:jaxreg_fused",
+                  **{v.removeprefix("torch_"): f"torch:{v}"
                                             for v in TORCH_VARIANTS}}  # fmt: skip
         for name, key in series.items():
             pts = [(r["params"], by_label[r["label"]]["subjects"][key]) for r in rows
@@ -124,8 +130,8 @@ def plot(results: dict, path: Path) -> Path:
             y = np.array([s["median_s"] for _, s in pts])
             lo = y - np.array([s["min_s"] for _, s in pts])
             hi = np.array([s["max_s"] for _, s in pts]) - y
-            ax.errorbar(x, y, yerr=[lo, hi], marker="o", lw=2.5 if name == "jaxreg" else 1.2,
-                        label=name, capsize=2)  # fmt: skip
+            lw = 2.5 if name.startswith("jaxreg") else 1.2
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", lw=lw, label=name, capsize=2)
         roof = BYTES_PER_PARAM[opt] * n / triad
         ax.plot(n, roof, "k--", label=f"bandwidth limit ({BYTES_PER_PARAM[opt]} B/param "
                                      f"at triad {triad / 1e9:.1f} GB/s)")  # fmt: skip

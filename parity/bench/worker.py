@@ -113,6 +113,18 @@ def _jax_subject(spec):
         def update(ps, s, gs):
             u, s = tx.update(jax.grad(loss)(ps, gs), s, ps)
             return optax.apply_updates(ps, u), s
+    elif variant.startswith("jaxreg_fused"):  # one custom call per step (numba kernel)
+        wd = 0.0 if variant.endswith("_nowd") else None
+        if spec["opt"] == "sgd":
+            fo = jaxreg.optim.fused_sgd(
+                LR, momentum=MOMENTUM, weight_decay=WD if wd is None else wd
+            )
+        else:
+            fo = jaxreg.optim.fused_adamw(LR, weight_decay=ADAMW_WD if wd is None else wd)
+        tx = fo.tx  # for init: the fused step keeps the unfused optimizer's state
+
+        def update(ps, s, gs):
+            return fo.step(ps, gs, s)
     else:
         tx = _jax_opt(spec)
 
@@ -148,8 +160,9 @@ def _nbytes(shape_text: str) -> int:
 
 
 def hlo_traffic(hlo: str, n_params: int, n_leaves: int) -> dict:
-    """From the compiled HLO's entry computation: loop fusions, and the bytes they read and
-    write per parameter (each fusion reads its operands and writes its result once)."""
+    """From the compiled HLO's entry computation: loops (fusions and custom calls -- the
+    fused kernel), and the bytes they read and write per parameter (each reads its
+    operands and writes its results once)."""
     entry = hlo[hlo.index("ENTRY") :]
     header, body = entry.split("{", 1)
     sizes = {}
@@ -162,7 +175,7 @@ def hlo_traffic(hlo: str, n_params: int, n_leaves: int) -> dict:
             continue
         name, shape, op, args = m.groups()
         sizes[name] = _nbytes(shape)
-        if op == "fusion":
+        if op in ("fusion", "custom-call"):
             fusions += 1
             moved += sizes[name] + sum(sizes.get(a.strip().lstrip("%"), 0)
                                        for a in args.split(","))  # fmt: skip

@@ -163,3 +163,42 @@ def test_hlo_traffic_counts_loop_fusions_and_their_bytes():
     assert t["bytes_per_param"] == 12  # reads a and b, writes the result: 3 × 4 B
     two = jax.jit(lambda a, b: (a * 2 + b, a - b)).lower(a, b).compile().as_text()
     assert hlo_traffic(two, n, 1)["bytes_per_param"] in (16, 24)  # one 2-output loop, or two
+
+
+def test_derived_uses_the_fused_step_when_present():
+    """jaxreg's time is its fastest path (jaxreg.optim.fused_*); the XLA path stays reported."""
+    triad = {"label": "triad", "spec": {"case": "triad", "n": 1_000_000},
+             "subjects": {"jax:triad": {"median_s": 0.002, "guard_ok": True}}}  # fmt: skip
+    g = _fake({"jax:jaxreg": 0.010, "jax:jaxreg_nowd": 0.008, "jax:jaxreg_prox": 0.011,
+               "jax:jaxreg_fused": 0.007, "jax:jaxreg_fused_nowd": 0.007,
+               "torch:torch_loop": 0.04, "torch:torch_fused": 0.008,
+               "torch:torch_fused_nowd": 0.008}, 10_000_000)  # fmt: skip
+    d = suite.derive({"groups": [triad, g]})
+    row = d["opt"][0]
+    assert row["jaxreg_s"] == 0.007 and row["jaxreg_xla_s"] == 0.010
+    assert row["ratio_fused"] == pytest.approx(0.875)
+    assert row["ratio_fused_xla"] == pytest.approx(1.25)
+    assert d["reg"]["sgd: weight decay on ÷ off"] == pytest.approx(1.0)
+    assert d["reg"]["sgd: weight decay on ÷ off (XLA path)"] == pytest.approx(1.25)
+    assert d["reg"]["sgd: + proximal L1 ÷ plain step"] == pytest.approx(1.1)  # vs the XLA step
+    targets = {t["target"]: t for t in d["targets"]}
+    assert targets["sgd: weight decay on ÷ off"]["met"] is True
+    assert targets["sgd: weight decay on ÷ off (XLA path)"]["met"] is None  # reported only
+    assert targets["large-N sgd step (N=1e+07): jaxreg ÷ torch fused"]["met"] is True
+
+
+@pytest.mark.parametrize("opt,want", [("sgd", 20), ("adamw", 28)])
+def test_hlo_traffic_of_the_fused_step_is_one_pass(opt, want):
+    import jax
+    import jax.numpy as jnp
+
+    import jaxreg
+    from parity.bench.worker import hlo_traffic
+
+    n = 100_000
+    fo = (jaxreg.optim.fused_sgd(0.1, momentum=0.9, weight_decay=0.1) if opt == "sgd"
+          else jaxreg.optim.fused_adamw(0.1))  # fmt: skip
+    p = [jnp.ones(n, jnp.float32)]
+    hlo = jax.jit(fo.step, donate_argnums=(0, 2)).lower(p, p, fo.init(p)).compile().as_text()
+    assert "jaxreg_fused_" in hlo
+    assert hlo_traffic(hlo, n, 1)["bytes_per_param"] == pytest.approx(want, abs=0.01)
