@@ -39,44 +39,48 @@ def numba_available() -> bool:
 # ------------------------------------------------------------------------------ kernels
 
 
-def _sgd_elem(p, g, b, hp, wd):
-    """torch ``_fused_sgd`` (aten/src/ATen/native/cpu/FusedSGDKernel.cpp), one element."""
-    lr, momentum, one_minus_dampening, first, nesterov, maximize = (
-        hp[0], hp[1], hp[2], hp[3], hp[4], hp[5],
-    )  # fmt: skip
-    if maximize != 0:
-        g = -g
-    if wd != 0:
-        g = g + p * wd
-    if momentum != 0:
-        if first != 0:
-            b = g
-        else:
-            b = b * momentum + one_minus_dampening * g
-        if nesterov != 0:
-            g = g + momentum * b
-        else:
-            g = b
-    return p - lr * g, b
+def _sgd_chunk(p_, g_in, b_, hp, wd):
+    """torch ``_fused_sgd`` (aten/src/ATen/native/cpu/FusedSGDKernel.cpp), in place on
+    the chunk views ``p_`` and ``b_``.
+
+    Written so that LLVM vectorizes it (measured: 2.5x slower otherwise): the
+    hyperparameters are read into locals first (loop-invariant branches get unswitched),
+    the loop runs over ``range(len)`` of slices (an index from ``range(s, e)`` keeps
+    numba's negative-index handling in the loop), and the update is in place (separate
+    input and output views of one buffer fail the vectorizer's overlap check).
+    """
+    lr, momentum, one_minus_dampening = hp[0], hp[1], hp[2]
+    first, nesterov, maximize = hp[3] != 0, hp[4] != 0, hp[5] != 0
+    for j in range(p_.size):
+        p = p_[j]
+        g = -g_in[j] if maximize else g_in[j]
+        if wd != 0:
+            g = g + p * wd
+        b = g if first else b_[j] * momentum + one_minus_dampening * g
+        b_[j] = b
+        p_[j] = p - lr * (g + momentum * b if nesterov else b)
 
 
-def _adamw_elem(p, g, m, v, hp, wd):
-    """torch ``_fused_adamw`` (aten/src/ATen/native/cpu/FusedAdamKernel.cpp), one element."""
-    # 1 - beta1, 1 - beta2 come in precomputed in double, as torch's Python scalars
-    lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bc2_sqrt, maximize = (
-        hp[0], hp[1], hp[2], hp[3], hp[4], hp[5], hp[6], hp[7], hp[8],
-    )  # fmt: skip
-    if maximize != 0:
-        g = -g
-    p = p - lr * wd * p
-    w = one_minus_beta1
-    if w < 0.5:  # torch's lerp: two branches
-        m = m + w * (g - m)
-    else:
-        m = g - (g - m) * beta1
-    v = v * beta2 + one_minus_beta2 * g * g
-    denom = np.sqrt(v) / bc2_sqrt + eps
-    return p - step_size * (m / denom), m, v
+def _adamw_chunk(p_, g_in, m_, v_, hp, wd):
+    """torch ``_fused_adamw`` (aten/src/ATen/native/cpu/FusedAdamKernel.cpp), in place on
+    the chunk views ``p_``, ``m_``, ``v_`` (written to vectorize, as :func:`_sgd_chunk`).
+
+    ``1 - beta1`` and ``1 - beta2`` come precomputed in double, as torch's Python scalars.
+    """
+    lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = hp[0], hp[1], hp[2], hp[3], hp[4]
+    eps, step_size, bc2_sqrt, maximize = hp[5], hp[6], hp[7], hp[8] != 0
+    decay = lr * wd
+    small_w = one_minus_beta1 < 0.5  # torch's lerp: two branches on the weight
+    for j in range(p_.size):
+        p = p_[j]
+        g = -g_in[j] if maximize else g_in[j]
+        p = p - decay * p
+        m = m_[j]
+        m = m + one_minus_beta1 * (g - m) if small_w else g - (g - m) * beta1
+        v = v_[j] * beta2 + one_minus_beta2 * g * g
+        m_[j] = m
+        v_[j] = v
+        p_[j] = p - step_size * (m / (np.sqrt(v) / bc2_sqrt + eps))
 
 
 @functools.cache
@@ -120,7 +124,8 @@ def _handler(kind: str, dtype: str) -> Any:
     as_fp = as_f32p if dtype == "float32" else as_f64p
     nstate = 1 if kind == "sgd" else 2
     n_hp = 6 if kind == "sgd" else 9
-    elem = njit(inline="always")(_sgd_elem if kind == "sgd" else _adamw_elem)
+    # error_model="numpy": no ZeroDivisionError check, which would keep LLVM from vectorizing
+    chunk = njit(nogil=True, error_model="numpy")(_sgd_chunk if kind == "sgd" else _adamw_chunk)
 
     @njit(parallel=True, nogil=True)
     def run(ins, outs, sizes, hp_addr, k):
@@ -140,24 +145,21 @@ def _handler(kind: str, dtype: str) -> Any:
         for c in prange(n_chunks):
             i = leaf_of[c]
             s = start_of[c]
-            e = min(s + _CHUNK, sizes[i])
             n = sizes[i]
-            p_in = carray(as_fp(ins[0, i]), n)
+            e = min(s + _CHUNK, n)
             g = carray(as_fp(ins[1, i]), n)
-            p_out = carray(as_fp(outs[0, i]), n)
-            wd = hp[n_hp + i]
+            # outputs: the parameter and each state buffer, updated in place; when XLA did not
+            # alias them to the inputs (nothing donated), the inputs are copied over first
+            for r in range(1 + nstate):
+                src = ins[0 if r == 0 else 1 + r, i]
+                if outs[r, i] != src:
+                    carray(as_fp(outs[r, i]), n)[s:e] = carray(as_fp(src), n)[s:e]
+            p = carray(as_fp(outs[0, i]), n)[s:e]
             if nstate == 1:
-                b_in = carray(as_fp(ins[2, i]), n)
-                b_out = carray(as_fp(outs[1, i]), n)
-                for j in range(s, e):
-                    p_out[j], b_out[j] = elem(p_in[j], g[j], b_in[j], hp, wd)
+                chunk(p, g[s:e], carray(as_fp(outs[1, i]), n)[s:e], hp, hp[n_hp + i])
             else:
-                m_in = carray(as_fp(ins[2, i]), n)
-                v_in = carray(as_fp(ins[3, i]), n)
-                m_out = carray(as_fp(outs[1, i]), n)
-                v_out = carray(as_fp(outs[2, i]), n)
-                for j in range(s, e):
-                    p_out[j], m_out[j], v_out[j] = elem(p_in[j], g[j], m_in[j], v_in[j], hp, wd)
+                m, v = carray(as_fp(outs[1, i]), n)[s:e], carray(as_fp(outs[2, i]), n)[s:e]
+                chunk(p, g[s:e], m, v, hp, hp[n_hp + i])
 
     @njit
     def execute(cf):
