@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 _CHUNK = 1 << 14  # elements per parallel work item (64 KiB of float32)
-_TARGETS: dict[tuple[str, str], str] = {}
+_TARGETS: dict[tuple[str, str, bool], str] = {}
 
 
 def numba_available() -> bool:
@@ -113,7 +113,28 @@ def _numba():
 
 
 @functools.cache
-def _handler(kind: str, dtype: str) -> Any:
+def parallel_kernels() -> bool:
+    """Whether the kernels may run in parallel: numba's threading layer must be thread safe.
+
+    XLA runs independent custom calls -- and the per-device calls of a sharded step -- on
+    several threads at once. numba's fallback ``workqueue`` layer aborts the process on a
+    concurrent parallel launch, so without ``omp`` (libgomp) or ``tbb`` the kernels run
+    single-threaded (correct, slower).
+    """
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def probe(a):
+        for i in prange(a.size):
+            a[i] += 1.0
+
+    probe(np.zeros(4))
+    return numba.threading_layer() in ("omp", "tbb")
+
+
+@functools.cache
+def _handler(kind: str, dtype: str, parallel: bool) -> Any:
     """The typed-FFI handler (a C function pointer) for ``kind`` on ``dtype`` leaves.
 
     Operands: ``k`` params, ``k`` grads, ``k`` per state buffer, then one ``hp`` vector
@@ -127,7 +148,6 @@ def _handler(kind: str, dtype: str) -> Any:
     # error_model="numpy": no ZeroDivisionError check, which would keep LLVM from vectorizing
     chunk = njit(nogil=True, error_model="numpy")(_sgd_chunk if kind == "sgd" else _adamw_chunk)
 
-    @njit(parallel=True, nogil=True)
     def run(ins, outs, sizes, hp_addr, k):
         # chunks over all leaves: (leaf, start)
         n_chunks = 0
@@ -160,6 +180,8 @@ def _handler(kind: str, dtype: str) -> Any:
             else:
                 m, v = carray(as_fp(outs[1, i]), n)[s:e], carray(as_fp(outs[2, i]), n)[s:e]
                 chunk(p, g[s:e], m, v, hp, hp[n_hp + i])
+
+    run = njit(parallel=parallel, nogil=True)(run)
 
     @njit
     def execute(cf):
@@ -212,14 +234,15 @@ def _handler(kind: str, dtype: str) -> Any:
 
 
 def _target(kind: str, dtype: str) -> str:
-    key = (kind, dtype)
+    parallel = parallel_kernels()
+    key = (kind, dtype, parallel)
     if key not in _TARGETS:
-        handler = _handler(kind, dtype)
+        handler = _handler(kind, dtype, parallel)
         new_capsule = ctypes.pythonapi.PyCapsule_New
         new_capsule.restype = ctypes.py_object
         new_capsule.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
         capsule = new_capsule(handler.address, b"xla._CUSTOM_CALL_TARGET", None)
-        name = f"jaxreg_fused_{kind}_{dtype}"
+        name = f"jaxreg_fused_{kind}_{dtype}" + ("" if parallel else "_serial")
         jax.ffi.register_ffi_target(name, capsule, platform="cpu", api_version=1)
         _TARGETS[key] = name
     return _TARGETS[key]
