@@ -65,9 +65,7 @@ def _find(state: Any, cls: type) -> Any:
 
 
 def _make(tx, kind, core_cls, hparams, buffers_of, rebuild, weight_decay, mask) -> FusedOptimizer:
-    def unfused(params, grads, state):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    unfused = _make_unfused(tx)
 
     def fused(params, grads, state):
         core = _find(state, core_cls)

@@ -84,11 +84,8 @@ def _run(tx, params, grads, mesh=None):
         return p, s0, s
 
 
-def _check(tx, names, mesh):
-    params, grads = _trees(names)
-    p_ref, _, s_ref = _run(tx, params, grads)
-    p_in = _shard(params, mesh)
-    p, s0, s = _run(tx, params, grads, mesh)
+def _assert_params_match(p, p_ref, p_in, names):
+    """Sharded result == single-device result (≤ TOL relative), on the input sharding."""
     for n in names:
         ref = np.asarray(p_ref[n])
         err = np.max(np.abs(np.asarray(p[n]) - ref)) / max(np.max(np.abs(ref)), 1e-300)
@@ -96,6 +93,14 @@ def _check(tx, names, mesh):
         assert p[n].sharding.is_equivalent_to(p_in[n].sharding, p[n].ndim), (
             f"param {n}: {p[n].sharding.spec} after the step, {p_in[n].sharding.spec} before"
         )
+
+
+def _check(tx, names, mesh):
+    params, grads = _trees(names)
+    p_ref, _, s_ref = _run(tx, params, grads)
+    p_in = _shard(params, mesh)
+    p, s0, s = _run(tx, params, grads, mesh)
+    _assert_params_match(p, p_ref, p_in, names)
     for leaf, leaf0, ref in zip(jax.tree.leaves(s), jax.tree.leaves(s0), jax.tree.leaves(s_ref)):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(ref), rtol=TOL, atol=TOL)
         assert leaf.sharding.is_equivalent_to(leaf0.sharding, leaf.ndim), (
@@ -228,11 +233,4 @@ def test_fused_step_sharded_equals_single_device_without_gathers(name, axis_type
     for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
         assert op not in hlo, f"{op} in the fused step"
     assert "jaxreg_fused_" in hlo  # the kernel ran, not the unfused fallback
-    p_in = _shard(params, mesh)
-    for n in names:
-        ref = np.asarray(p_ref[n])
-        err = np.max(np.abs(np.asarray(p[n]) - ref)) / max(np.max(np.abs(ref)), 1e-300)
-        assert err <= TOL, f"{n}: {err:.2e}"
-        assert p[n].sharding.is_equivalent_to(p_in[n].sharding, p[n].ndim), (
-            f"{n}: {p[n].sharding.spec}, was {p_in[n].sharding.spec}"
-        )
+    _assert_params_match(p, p_ref, _shard(params, mesh), names)
