@@ -107,9 +107,6 @@ def skip_unused(
 
     masked = optax.masked(inner, bool_tree)
 
-    def init_fn(params: Any) -> Any:
-        return masked.init(params)
-
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
             raise ValueError("skip_unused needs the params: call update(updates, state, params)")
@@ -119,4 +116,4 @@ def skip_unused(
         leaves = [u if s else jnp.zeros_like(u) for u, s in zip(leaves, selected)]
         return jax.tree.unflatten(treedef, leaves), state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(masked.init, update_fn)

@@ -35,15 +35,19 @@ def _init_moments(params: Any, amsgrad: bool = False) -> AdamState:
     return AdamState(jnp.zeros([], jnp.int32), z(params), z(params), z(params) if amsgrad else ())
 
 
+def adam_step_scalars(lr, b1, b2, count):
+    """torch Adam's per-step scalars: ``(lr_t, lr_t / (1 - b1**t), sqrt(1 - b2**t))``."""
+    step = c.step_of(count)
+    lr_t = c.lr_at(lr, count)
+    return lr_t, lr_t / c.one_minus_pow(b1, step), jnp.sqrt(c.one_minus_pow(b2, step))
+
+
 def scale_by_torch_adam(lr, betas, eps, amsgrad) -> optax.GradientTransformation:
     """torch Adam's moments, bias correction and ``-lr`` step (no decay)."""
     b1, b2 = betas
 
     def update_fn(updates, state, params=None):
-        step = c.step_of(state.count)
-        lr_t = c.lr_at(lr, state.count)
-        step_size = lr_t / c.one_minus_pow(b1, step)
-        bc2_sqrt = jnp.sqrt(c.one_minus_pow(b2, step))
+        _, step_size, bc2_sqrt = adam_step_scalars(lr, b1, b2, state.count)
 
         def leaf(g, m, v, vmax=None):
             m, v = _moments(g, m, v, b1, b2)

@@ -15,7 +15,7 @@ from jaxreg._validate import ScalarOrSchedule
 from jaxreg.masks import MaskLike, resolve_factors
 from jaxreg.optim import _common as c
 from jaxreg.optim import _fused
-from jaxreg.optim._adam import AdamState, adamw
+from jaxreg.optim._adam import AdamState, adam_step_scalars, adamw
 from jaxreg.optim._sgd import SGDState, sgd
 
 
@@ -243,11 +243,8 @@ def fused_adamw(
                weight_decay_mask=weight_decay_mask)  # fmt: skip
     _check_backend()
 
-    def hparams(core: AdamState):
-        step = c.step_of(core.count)
-        lr_t = c.lr_at(lr, core.count)
-        step_size = lr_t / c.one_minus_pow(b1, step)
-        bc2_sqrt = jnp.sqrt(c.one_minus_pow(b2, step))
+    def hparams(core: AdamState):  # the unfused adamw's scalars, so the two agree exactly
+        lr_t, step_size, bc2_sqrt = adam_step_scalars(lr, b1, b2, core.count)
         return [lr_t, b1, 1.0 - b1, b2, 1.0 - b2, eps, step_size, bc2_sqrt, float(maximize)]
 
     return _make(

@@ -56,17 +56,23 @@ def _guard_vector(leaves) -> list[float]:
 # --- JAX -------------------------------------------------------------------------------
 
 
+def _decay(spec) -> float:
+    """The weight decay of a subject: 0 for the ``*_nowd`` variants, else the case's."""
+    if spec["variant"].endswith("_nowd"):
+        return 0.0
+    return WD if spec["opt"] == "sgd" else ADAMW_WD
+
+
 def _jax_opt(spec):
     import optax
 
     import jaxreg
 
     opt, variant = spec["opt"], spec["variant"]
-    wd = 0.0 if variant == "jaxreg_nowd" else None
     if opt == "sgd":
-        tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=WD if wd is None else wd)
+        tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=_decay(spec))
     else:
-        tx = jaxreg.optim.adamw(LR, weight_decay=ADAMW_WD if wd is None else wd)
+        tx = jaxreg.optim.adamw(LR, weight_decay=_decay(spec))
     if variant == "jaxreg_prox":
         tx = optax.chain(tx, jaxreg.prox_l1(L1_THRESHOLD))
     return tx
@@ -114,13 +120,10 @@ def _jax_subject(spec):
             u, s = tx.update(jax.grad(loss)(ps, gs), s, ps)
             return optax.apply_updates(ps, u), s
     elif variant.startswith("jaxreg_fused"):  # one custom call per step (numba kernel)
-        wd = 0.0 if variant.endswith("_nowd") else None
         if spec["opt"] == "sgd":
-            fo = jaxreg.optim.fused_sgd(
-                LR, momentum=MOMENTUM, weight_decay=WD if wd is None else wd
-            )
+            fo = jaxreg.optim.fused_sgd(LR, momentum=MOMENTUM, weight_decay=_decay(spec))
         else:
-            fo = jaxreg.optim.fused_adamw(LR, weight_decay=ADAMW_WD if wd is None else wd)
+            fo = jaxreg.optim.fused_adamw(LR, weight_decay=_decay(spec))
         tx = fo.tx  # for init: the fused step keeps the unfused optimizer's state
 
         def update(ps, s, gs):
@@ -240,12 +243,9 @@ def _torch_optimizer(torch, spec, params):
         kw["foreach"] = True
     elif variant in ("fused", "fused_nowd"):
         kw["fused"] = True
-    nowd = variant.endswith("_nowd")
     if spec["opt"] == "sgd":
-        return torch.optim.SGD(
-            params, lr=LR, momentum=MOMENTUM, weight_decay=0.0 if nowd else WD, **kw
-        )
-    return torch.optim.AdamW(params, lr=LR, weight_decay=0.0 if nowd else ADAMW_WD, **kw)
+        return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=_decay(spec), **kw)
+    return torch.optim.AdamW(params, lr=LR, weight_decay=_decay(spec), **kw)
 
 
 def _torch_subject(spec):
