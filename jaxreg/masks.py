@@ -48,6 +48,7 @@ import numpy as np
 
 from jaxreg._tree import is_float_leaf, is_variable, key_str, leaf_ndim, leaf_paths, path_str
 from jaxreg._validate import check_nonnegative
+from jaxreg.flat import _contains_flat
 
 __all__ = [
     "Mask",
@@ -697,6 +698,12 @@ def resolve_factors(mask: MaskLike, params: Any, *, float_only: bool = True) -> 
         a multiplier is negative or not finite.
     """
     leaves = jax.tree.leaves(params)
+    if mask is not None and not _is_tree_spec(mask) and _contains_flat(params):
+        raise ValueError(
+            f"mask {mask!r} would be evaluated on the buffers of a FlatParams, not on your "
+            "parameters: give the mask to jaxreg.flat.ravel(params, mask=...) and pass "
+            "flat_params.multipliers here"
+        )
     if mask is None:
         factors = [1.0] * len(leaves)
     elif isinstance(mask, Mask):
@@ -710,6 +717,13 @@ def resolve_factors(mask: MaskLike, params: Any, *, float_only: bool = True) -> 
     if float_only:
         factors = [f if is_float_leaf(x) else 0.0 for f, x in zip(factors, leaves)]
     return factors
+
+
+def _is_tree_spec(mask: MaskLike) -> bool:
+    """A bool/multiplier pytree (possibly wrapped by ``_as_mask``): matched by path."""
+    if isinstance(mask, _FromSpec):
+        return _is_tree_spec(mask._spec)
+    return not isinstance(mask, Mask) and not callable(mask)
 
 
 def resolve(mask: MaskLike, params: Any, *, float_only: bool = True) -> list[bool]:

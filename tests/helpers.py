@@ -75,3 +75,77 @@ BLOCK_TORCH = (  # an environment without torch: its import fails, as when not i
     "            raise ImportError(\"No module named 'torch'\")\n"
     "sys.meta_path.insert(0, _NoTorch())\n"
 )
+
+
+# --- a named problem for torch parameter-group comparisons -------------------------------
+
+
+def named_problem(seed: int = 0, steps: int = 20):
+    """Named leaves (Flax paths) and fixed random float64 gradients for ``steps`` steps."""
+    import jax.numpy as jnp
+
+    r = np.random.default_rng(seed)
+    shapes = {
+        ("fc1", "kernel"): (5, 4),
+        ("fc1", "bias"): (4,),
+        ("ln", "scale"): (4,),
+        ("ln", "bias"): (4,),
+        ("fc2", "kernel"): (4, 3),
+        ("fc2", "bias"): (3,),
+        ("emb", "embedding"): (6, 2),
+    }
+    params: dict = {}
+    for (a, b), s in shapes.items():
+        params.setdefault(a, {})[b] = jnp.asarray(r.normal(size=s))
+    grads = [
+        jax.tree.map(lambda x: jnp.asarray(r.normal(size=x.shape)), params) for _ in range(steps)
+    ]
+    return params, grads
+
+
+def run_jax_steps(tx, params, grads):
+    """Apply ``tx`` (jitted) once per gradient in ``grads``; return the params."""
+    import optax
+
+    state = tx.init(params)
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
+    )
+    for g in grads:
+        params, state = step(params, state, g)
+    return params
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def run_torch_groups(make_opt, groups, params, grads, rename=None):
+    """torch: the optimizer ``make_opt(param_groups)`` over tensors named by
+    ``masks.torch_name``, fed ``grads``; returns ``{torch name: array}``."""
+    import torch
+
+    from jaxreg import masks
+
+    names = {masks.torch_name(p, rename): p for p in leaf_paths(params)}
+    tensors = {
+        n: torch.tensor(np.asarray(_get(params, p)), requires_grad=True) for n, p in names.items()
+    }
+    opt = make_opt([{**g, "params": [tensors[n] for n in g["params"]]} for g in groups])
+    for g in grads:
+        for n, p in names.items():
+            tensors[n].grad = torch.tensor(np.asarray(_get(g, p)))
+        opt.step()
+    return {n: tensors[n].detach().numpy() for n in names}
+
+
+def assert_equals_torch_named(jax_params, torch_params, rename=None, atol=F64_ATOL):
+    """Each leaf of ``jax_params`` equals the torch tensor of its ``masks.torch_name``."""
+    from jaxreg import masks
+
+    for path in leaf_paths(jax_params):
+        a = np.asarray(_get(jax_params, path))
+        b = torch_params[masks.torch_name(path, rename)]
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=path_str(path))

@@ -21,6 +21,12 @@ import pytest
 import torch
 from flax import linen as nn
 from flax import nnx
+from helpers import (
+    assert_equals_torch_named,
+    named_problem,
+    run_jax_steps,
+    run_torch_groups,
+)
 
 import jaxreg
 from jaxreg import masks
@@ -149,68 +155,9 @@ def test_describe_shows_multipliers():
 # ------------------------------------------------------------------ torch param groups
 
 
-def _named_problem(seed=0):
-    """Named leaves (Flax paths) and fixed random gradients for a 20-step trajectory."""
-    r = np.random.default_rng(seed)
-    shapes = {
-        ("fc1", "kernel"): (5, 4),
-        ("fc1", "bias"): (4,),
-        ("ln", "scale"): (4,),
-        ("ln", "bias"): (4,),
-        ("fc2", "kernel"): (4, 3),
-        ("fc2", "bias"): (3,),
-        ("emb", "embedding"): (6, 2),
-    }
-    params = {}
-    for (a, b), s in shapes.items():
-        params.setdefault(a, {})[b] = jnp.asarray(r.normal(size=s))
-    grads = [jax.tree.map(lambda x: jnp.asarray(r.normal(size=x.shape)), params) for _ in range(20)]
-    return params, grads
-
-
-def _run_jax(tx, params, grads):
-    state = tx.init(params)
-    step = jax.jit(
-        lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p))
-    )
-    for g in grads:
-        params, state = step(params, state, g)
-    return params
-
-
-def _run_torch(make_opt, groups, params, grads, rename=None):
-    names = {masks.torch_name(p, rename): p for p in _paths(params)}
-    tensors = {
-        n: torch.tensor(np.asarray(_get(params, p)), requires_grad=True) for n, p in names.items()
-    }
-    opt = make_opt([{**g, "params": [tensors[n] for n in g["params"]]} for g in groups])
-    for g in grads:
-        for n, p in names.items():
-            tensors[n].grad = torch.tensor(np.asarray(_get(g, p)))
-        opt.step()
-    return {n: tensors[n].detach().numpy() for n in names}
-
-
-def _paths(tree):
-    return leaf_paths(tree)
-
-
-def _get(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
-def _assert_same(jax_params, torch_params, rename=None):
-    for path in _paths(jax_params):
-        a = np.asarray(_get(jax_params, path))
-        b = torch_params[masks.torch_name(path, rename)]
-        np.testing.assert_allclose(a, b, rtol=0, atol=F64, err_msg="/".join(path))
-
-
 @pytest.mark.parametrize("opt", ["adamw", "sgd"])
 def test_multipliers_equal_torch_param_groups(opt):
-    params, grads = _named_problem()
+    params, grads = named_problem()
     base = 0.1
     m = masks.multipliers(
         (masks.glob("fc2/*"), 0.25), (masks.glob("emb/**"), 3.0), (masks.no_bias_no_norm(), 1.0)
@@ -227,20 +174,20 @@ def test_multipliers_equal_torch_param_groups(opt):
     np.testing.assert_allclose([w for w, _ in got], [w for w, _ in want], rtol=1e-15)
     if opt == "adamw":
         tx = jaxreg.optim.adamw(1e-2, weight_decay=base, weight_decay_mask=m)
-        ref = _run_torch(
+        ref = run_torch_groups(
             lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=base), groups, params, grads
         )
     else:
         tx = jaxreg.optim.sgd(1e-2, momentum=0.9, weight_decay=base, weight_decay_mask=m)
-        ref = _run_torch(
+        ref = run_torch_groups(
             lambda g: torch.optim.SGD(g, lr=1e-2, momentum=0.9, weight_decay=base),
             groups,
             params,
             grads,
         )
-    _assert_same(_run_jax(tx, params, grads), ref)
+    assert_equals_torch_named(run_jax_steps(tx, params, grads), ref)
     # the groups matter: one group with the base decay for everything ends elsewhere
-    flat = _run_torch(
+    flat = run_torch_groups(
         lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=base),
         [{"params": [n for g in groups for n in g["params"]]}],
         params,
@@ -250,7 +197,7 @@ def test_multipliers_equal_torch_param_groups(opt):
 
 
 def test_from_param_groups_round_trip_and_transforms():
-    params, grads = _named_problem(1)
+    params, grads = named_problem(1)
     groups = [
         {"params": ["fc1.weight", "fc2.weight"], "weight_decay": 0.05},
         {"params": ["emb.weight"]},  # torch's default: the optimizer's weight_decay
@@ -265,15 +212,15 @@ def test_from_param_groups_round_trip_and_transforms():
     )
     # decoupled decay transform with the multiplier mask == torch AdamW with the groups
     tx = optax.chain(jaxreg.optim.adam(1e-2), jaxreg.decoupled_weight_decay(0.1, 1e-2, mask=m))
-    ref = _run_torch(
+    ref = run_torch_groups(
         lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.1), groups, params, grads
     )
-    _assert_same(_run_jax(tx, params, grads), ref)
+    assert_equals_torch_named(run_jax_steps(tx, params, grads), ref)
 
 
 def test_param_group_errors():
-    params, _ = _named_problem()
-    ok = [{"params": [masks.torch_name(p) for p in _paths(params)]}]
+    params, _ = named_problem()
+    ok = [{"params": [masks.torch_name(p) for p in leaf_paths(params)]}]
     masks.from_param_groups(ok, params, weight_decay=0.1)
     cases = [
         ([{"params": ["fc1.weight", "nope"]}], "no leaf is called 'nope'"),
