@@ -22,12 +22,12 @@ def table(results: dict) -> str:
         "round medians (ms); BW/triad: nominal fused bytes (SGD+momentum 20, AdamW 28 B/param) "
         "per step ÷ time ÷ same-run triad bandwidth; HLO B/p: bytes the compiled jaxreg step "
         "(XLA path) actually reads and writes per parameter; jaxreg = the XLA path (optax "
-        "update), fused = jaxreg.optim.fused_* (one custom call); ÷best/÷fused/BW use the "
-        "faster of the two",
+        "update), fused = jaxreg.optim.fused_* (one custom call), flat = the fused step on a "
+        "jaxreg.flat buffer (many-leaves case); ÷best/÷fused/BW use the fastest of them",
         "triad (a = b + s·c, float32): "
         + ", ".join(f"{k} {v:.1f} GB/s" for k, v in d["triad_GBps"].items()),
         "",
-        f"{'case':26s} {'jaxreg':>10s} {'fused':>10s} "
+        f"{'case':26s} {'jaxreg':>10s} {'fused':>10s} {'flat':>10s} "
         + " ".join(f"{v.removeprefix('torch_'):>10s}" for v in TORCH_VARIANTS)
         + f" {'÷best':>6s} {'÷fused':>6s} {'BW/triad':>8s} {'HLO B/p':>7s}",
     ]
@@ -38,6 +38,7 @@ def table(results: dict) -> str:
         cells = [
             _ms(g["jax:jaxreg"]["median_s"]),
             _ms(g.get("jax:jaxreg_fused", {}).get("median_s")),
+            _ms(g.get("jax:jaxreg_flat", {}).get("median_s")),
         ]
         for v in TORCH_VARIANTS:
             sub = g.get(f"torch:{v}", {})

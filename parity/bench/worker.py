@@ -119,11 +119,10 @@ def _jax_subject(spec):
         def update(ps, s, gs):
             u, s = tx.update(jax.grad(loss)(ps, gs), s, ps)
             return optax.apply_updates(ps, u), s
+    elif variant == "jaxreg_flat":  # jaxreg.flat: one buffer for all leaves + the fused step
+        return _jax_flat(spec, params0, grads0)
     elif variant.startswith("jaxreg_fused"):  # one custom call per step (numba kernel)
-        if spec["opt"] == "sgd":
-            fo = jaxreg.optim.fused_sgd(LR, momentum=MOMENTUM, weight_decay=_decay(spec))
-        else:
-            fo = jaxreg.optim.fused_adamw(LR, weight_decay=_decay(spec))
+        fo = _fused_opt(spec)
         tx = fo.tx  # for init: the fused step keeps the unfused optimizer's state
 
         def update(ps, s, gs):
@@ -145,6 +144,38 @@ def _jax_subject(spec):
     hlo = jstep.lower(box["p"], box["s"], grads).compile().as_text()
     step.hlo = hlo_traffic(hlo, sum(int(p.size) for p in params), len(params))
     return step, lambda: _guard_vector(box["p"])
+
+
+def _fused_opt(spec):
+    import jaxreg
+
+    if spec["opt"] == "sgd":
+        return jaxreg.optim.fused_sgd(LR, momentum=MOMENTUM, weight_decay=_decay(spec))
+    return jaxreg.optim.fused_adamw(LR, weight_decay=_decay(spec))
+
+
+def _jax_flat(spec, params0, grads0):
+    """The many-leaves case with the parameters in a jaxreg.flat buffer: the step takes one
+    params, one gradient and one buffer per optimizer moment, whatever the leaf count. The
+    gradient is packed the same way once, outside the timing (in a training step it is the
+    gradient with respect to the flat buffer, as in tests/test_flat.py)."""
+    import jax
+
+    import jaxreg
+
+    fp = jaxreg.flat.ravel(params0)
+    grads = fp.ravel_like(grads0)
+    fo = _fused_opt(spec)
+    jstep = jax.jit(fo.step, donate_argnums=(0, 2))
+    box = {"p": fp, "s": jax.jit(fo.init)(fp)}
+
+    def step():
+        box["p"], box["s"] = jstep(box["p"], grads, box["s"])
+        jax.block_until_ready((box["p"], box["s"]))
+
+    hlo = jstep.lower(box["p"], grads, box["s"]).compile().as_text()
+    step.hlo = hlo_traffic(hlo, fp.size, len(params0))
+    return step, lambda: _guard_vector(jax.tree.leaves(box["p"].unravel()))
 
 
 _SHAPE = re.compile(r"\b(f16|bf16|f32|f64|s32|u32|s64|pred|s8|u8)\[([\d,]*)\]")

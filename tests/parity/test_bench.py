@@ -202,3 +202,25 @@ def test_hlo_traffic_of_the_fused_step_is_one_pass(opt, want):
     hlo = jax.jit(fo.step, donate_argnums=(0, 2)).lower(p, p, fo.init(p)).compile().as_text()
     assert "jaxreg_fused_" in hlo
     assert hlo_traffic(hlo, n, 1)["bytes_per_param"] == pytest.approx(want, abs=0.01)
+
+
+def test_many_leaves_target_uses_the_flat_buffer_and_reports_the_tree():
+    triad = {"label": "triad", "spec": {"case": "triad", "n": 1_000_000},
+             "subjects": {"jax:triad": {"median_s": 0.002, "guard_ok": True}}}  # fmt: skip
+    g = _fake({"jax:jaxreg": 0.030, "jax:jaxreg_fused": 0.020, "jax:jaxreg_flat": 0.005,
+               "torch:torch_loop": 0.021, "torch:torch_fused": 0.010}, 15_000_000)  # fmt: skip
+    g["spec"]["many"] = 1000
+    d = suite.derive({"groups": [triad, g]})
+    row = d["opt"][0]
+    assert row["jaxreg_s"] == 0.005 and row["jaxreg_tree_s"] == 0.020
+    assert row["ratio_best"] == pytest.approx(0.5) and row["ratio_tree_best"] == pytest.approx(2.0)
+    targets = {t["target"]: t for t in d["targets"]}
+    flat = targets["many small leaves, sgd: jaxreg (flat buffer) ÷ best torch (torch_fused)"]
+    assert flat["met"] is True and flat["value"] == pytest.approx(0.5)
+    tree = targets["many small leaves, sgd: jaxreg (per-leaf tree) ÷ best torch"]
+    assert tree["met"] is None and tree["value"] == pytest.approx(2.0)
+    # without the flat subject the per-leaf tree is what the target judges
+    del g["subjects"]["jax:jaxreg_flat"]
+    d = suite.derive({"groups": [triad, g]})
+    (t,) = [t for t in d["targets"] if t["target"].startswith("many small leaves")]
+    assert "per-leaf tree" in t["target"] and t["value"] == pytest.approx(2.0) and not t["met"]
