@@ -187,7 +187,8 @@ def ravel(params: Any, mask: Any = None, *, pad_to: int = 1) -> FlatParams:
 
     if not isinstance(pad_to, (int, np.integer)) or isinstance(pad_to, bool) or pad_to < 1:
         raise ValueError(f"pad_to must be an int >= 1, got {pad_to!r}")
-    reject_flat(params, "ravel")
+    if _contains_flat(params):
+        raise ValueError("ravel: params already holds a FlatParams; ravel the per-leaf tree")
     leaves, treedef = jax.tree.flatten(params)
     if not leaves:
         raise ValueError("ravel: params has no leaves")

@@ -70,10 +70,17 @@ def table(results: dict) -> str:
                 + "; slopes " + ", ".join(f"{x:.2f}" for x in s["slopes"])
                 + f"; linear from N≈{s['linear_from']:.0e}"
             )  # fmt: skip
-    lines += ["", "targets:"]
+    lines += ["", "targets (ratios: median over rounds of the per-round ratio; in brackets its "
+              "min–max over rounds; '~' = the limit lies inside that spread):"]  # fmt: skip
     for t in d["targets"]:
         met = {True: "MET", False: "MISSED", None: "—"}[t["met"]]
-        lines.append(f"  {t['target']:62s} {t['limit']:>10s} {t['value']:7.3f}  {met}")
+        sp = t.get("spread")
+        rng = f"[{sp[0]:.2f}–{sp[1]:.2f}]" if sp else ""
+        limit = float(t["limit"].split()[-1]) if t["met"] is not None else None
+        near = "~" if sp and limit is not None and sp[0] <= limit <= sp[1] else ""
+        lines.append(
+            f"  {t['target']:68s} {t['limit']:>10s} {t['value']:7.3f} {rng:>12s}  {met}{near}"
+        )
     dropped = [f"{g['label']} {k}: {s['error']}" for g in results["groups"]
                for k, s in g["subjects"].items() if "error" in s]  # fmt: skip
     if dropped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from typing import Any
 
@@ -154,6 +155,30 @@ def _med(group: dict, key: str) -> float | None:
     return s.get("median_s") if s and s.get("guard_ok") else None
 
 
+def _ratio(group: dict, a: str, b: str) -> float:
+    """Time of subject ``a`` ÷ time of ``b``, paired by round: the median over rounds of
+    round-median(a) ÷ round-median(b). Subjects of one round run seconds apart, so the
+    ratio cancels the machine's slower drift (round medians of every subject rise and
+    fall together on this VM, by up to ±30% over a case). Without per-round data (or with
+    unequal rounds): the ratio of the medians."""
+    per_round = _per_round(group, a, b)
+    if per_round:
+        return float(statistics.median(per_round))
+    return _med(group, a) / _med(group, b)
+
+
+def _per_round(group: dict, a: str, b: str) -> list[float]:
+    ra = group["subjects"][a].get("rounds")
+    rb = group["subjects"][b].get("rounds")
+    return [x / y for x, y in zip(ra, rb)] if ra and rb and len(ra) == len(rb) else []
+
+
+def _spread(group: dict, a: str, b: str) -> list[float] | None:
+    """[min, max] over rounds of the per-round ratio ``a ÷ b`` (None without rounds)."""
+    per_round = _per_round(group, a, b)
+    return [min(per_round), max(per_round)] if per_round else None
+
+
 def derive(results: dict) -> dict:
     """Ratios, bandwidth fractions, scaling and the targets, from the medians."""
     groups = results["groups"]
@@ -165,7 +190,8 @@ def derive(results: dict) -> dict:
     triad_bw = max(bw.values())
     d: dict[str, Any] = {"triad_GBps": {k: v / 1e9 for k, v in bw.items()},
                          "triad_ref_GBps": triad_bw / 1e9,
-                         "opt": [], "train": [], "reg": {}, "reg_hlo_bytes": {}}  # fmt: skip
+                         "opt": [], "train": [], "reg": {}, "reg_spread": {},
+                         "reg_hlo_bytes": {}}  # fmt: skip
     for g in groups:
         spec = g["spec"]
         if spec["case"] == "opt":
@@ -173,22 +199,26 @@ def derive(results: dict) -> dict:
             # CPU; the unfused XLA path is reported next to it.
             jx_xla, jx_fused = _med(g, "jax:jaxreg"), _med(g, "jax:jaxreg_fused")
             jx_flat = _med(g, "jax:jaxreg_flat")  # many leaves: the opt-in flat buffer
-            jx_tree = jx_fused if jx_fused is not None else jx_xla
-            jx = jx_flat if jx_flat is not None else jx_tree
+            tree_key = "jax:jaxreg_fused" if jx_fused is not None else "jax:jaxreg"
+            jx_key = "jax:jaxreg_flat" if jx_flat is not None else tree_key
+            jx, jx_tree = _med(g, jx_key), _med(g, tree_key)
             torch_t = {v: _med(g, f"torch:{v}") for v in TORCH_VARIANTS if _med(g, f"torch:{v}")}
             if jx is None or "torch_fused" not in torch_t:
                 continue  # not comparable: listed under "excluded" / "not timed"
             best = min(torch_t, key=torch_t.get)
+            best_key, fused_key = f"torch:{best}", "torch:torch_fused"
             n = g["params"]
             row = {
                 "label": g["label"], "opt": spec["opt"], "params": n,
                 "many": bool(spec.get("many")), "jaxreg_s": jx, "torch_s": torch_t,
-                "best_torch": best, "ratio_best": jx / torch_t[best],
-                "ratio_fused": jx / torch_t["torch_fused"],
+                "best_torch": best, "ratio_best": _ratio(g, jx_key, best_key),
+                "ratio_fused": _ratio(g, jx_key, fused_key),
+                "spread_best": _spread(g, jx_key, best_key),
+                "spread_fused": _spread(g, jx_key, fused_key),
                 "jaxreg_xla_s": jx_xla, "jaxreg_fused_s": jx_fused, "jaxreg_flat_s": jx_flat,
                 "jaxreg_tree_s": jx_tree,
-                "ratio_tree_best": jx_tree / torch_t[best] if jx_tree else None,
-                "ratio_fused_xla": jx_xla / torch_t["torch_fused"] if jx_xla else None,
+                "ratio_tree_best": _ratio(g, tree_key, best_key) if jx_tree else None,
+                "ratio_fused_xla": _ratio(g, "jax:jaxreg", fused_key) if jx_xla else None,
                 "dropped": {k: v["error"] for k, v in g["subjects"].items() if "error" in v},
                 "bandwidth_fraction": BYTES_PER_PARAM[spec["opt"]] * n / jx / triad_bw,
                 "fused_bandwidth_fraction":
@@ -207,10 +237,13 @@ def derive(results: dict) -> dict:
             reg_keys = ("jax:jaxreg_nowd", "torch:torch_fused_nowd", "jax:jaxreg_prox")
             if all(_med(g, k) for k in reg_keys):
                 opt = spec["opt"]
-                xla_on_off = jx_xla / _med(g, "jax:jaxreg_nowd")
+                xla_on_off = _ratio(g, "jax:jaxreg", "jax:jaxreg_nowd")
                 if jx_fused and _med(g, "jax:jaxreg_fused_nowd"):
-                    fused_on_off = jx_fused / _med(g, "jax:jaxreg_fused_nowd")
+                    fused_on_off = _ratio(g, "jax:jaxreg_fused", "jax:jaxreg_fused_nowd")
                     d["reg"][f"{opt}: weight decay on ÷ off"] = fused_on_off
+                    d["reg_spread"][f"{opt}: weight decay on ÷ off"] = _spread(
+                        g, "jax:jaxreg_fused", "jax:jaxreg_fused_nowd"
+                    )
                     d["reg"][f"{opt}: weight decay on ÷ off (XLA path)"] = xla_on_off
                 else:
                     d["reg"][f"{opt}: weight decay on ÷ off"] = xla_on_off
@@ -218,18 +251,23 @@ def derive(results: dict) -> dict:
                 if hlo and nowd_hlo:
                     d["reg_hlo_bytes"][opt] = {"on": hlo["bytes_per_param"],
                                                "off": nowd_hlo["bytes_per_param"]}  # fmt: skip
-                d["reg"][f"{opt}: torch fused, decay on ÷ off"] = torch_t["torch_fused"] / _med(
-                    g, "torch:torch_fused_nowd"
+                d["reg"][f"{opt}: torch fused, decay on ÷ off"] = _ratio(
+                    g, fused_key, "torch:torch_fused_nowd"
                 )
-                d["reg"][f"{opt}: + proximal L1 ÷ plain step"] = _med(g, "jax:jaxreg_prox") / jx_xla
+                d["reg"][f"{opt}: + proximal L1 ÷ plain step"] = _ratio(
+                    g, "jax:jaxreg_prox", "jax:jaxreg"
+                )
                 if (
                     opt == "sgd"
                     and _med(g, "jax:penalty_in_loss")
                     and _med(g, "jax:decay_transform")
                 ):
-                    d["reg"]["sgd: L2 penalty in the loss ÷ decay transform"] = _med(
-                        g, "jax:penalty_in_loss"
-                    ) / _med(g, "jax:decay_transform")
+                    d["reg"]["sgd: L2 penalty in the loss ÷ decay transform"] = _ratio(
+                        g, "jax:penalty_in_loss", "jax:decay_transform"
+                    )
+                    d["reg_spread"]["sgd: L2 penalty in the loss ÷ decay transform"] = _spread(
+                        g, "jax:penalty_in_loss", "jax:decay_transform"
+                    )
                 d["reg_params"] = n
         elif spec["case"] == "train":
             jx = _med(g, "jax:jaxreg")
@@ -240,8 +278,9 @@ def derive(results: dict) -> dict:
             comp = _med(g, "torch:torch_compile")
             d["train"].append({
                 "label": g["label"], "jaxreg_s": jx, "best_eager": best,
-                "ratio_best_eager": jx / eager[best],
-                "ratio_compile": jx / comp if comp else None,
+                "ratio_best_eager": _ratio(g, "jax:jaxreg", f"torch:{best}"),
+                "spread_best_eager": _spread(g, "jax:jaxreg", f"torch:{best}"),
+                "ratio_compile": _ratio(g, "jax:jaxreg", "torch:torch_compile") if comp else None,
             })  # fmt: skip
     d["scaling"] = _scaling(d["opt"])
     d["targets"] = _targets(d)
@@ -296,6 +335,7 @@ def _targets(d: dict) -> list[dict]:
                     "limit": "≤ 1.0",
                     "value": r["ratio_fused"],
                     "met": r["ratio_fused"] <= 1.0,
+                    "spread": r.get("spread_fused"),
                 }
             )
             t.append({"target": f"large-N {r['opt']} step: bandwidth ÷ same-run triad",
@@ -308,12 +348,13 @@ def _targets(d: dict) -> list[dict]:
         if "proximal" in key or "XLA path" in key:
             t.append({"target": key, "limit": "(reported)", "value": v, "met": None})
         else:
-            t.append({"target": key, "limit": f"≤ {limit}", "value": v, "met": v <= limit})
+            t.append({"target": key, "limit": f"≤ {limit}", "value": v, "met": v <= limit,
+                      "spread": d.get("reg_spread", {}).get(key)})  # fmt: skip
     for r in (r for r in d["opt"] if r["many"]):
         how = "flat buffer" if r.get("jaxreg_flat_s") else "per-leaf tree"
         name = f"many small leaves, {r['opt']}: jaxreg ({how}) ÷ best torch ({r['best_torch']})"
         t.append({"target": name, "limit": "≤ 1.0", "value": r["ratio_best"],
-                  "met": r["ratio_best"] <= 1.0})  # fmt: skip
+                  "met": r["ratio_best"] <= 1.0, "spread": r.get("spread_best")})  # fmt: skip
         if r.get("jaxreg_flat_s") and r.get("ratio_tree_best"):
             name = f"many small leaves, {r['opt']}: jaxreg (per-leaf tree) ÷ best torch"
             t.append({"target": name, "limit": "(reported)", "value": r["ratio_tree_best"],
@@ -321,5 +362,6 @@ def _targets(d: dict) -> list[dict]:
     for r in d["train"]:
         t.append({"target": f"{r['label']}: jaxreg ÷ best eager torch ({r['best_eager']})",
                   "limit": "≤ 0.7", "value": r["ratio_best_eager"],
-                  "met": r["ratio_best_eager"] <= 0.7})  # fmt: skip
+                  "met": r["ratio_best_eager"] <= 0.7,
+                  "spread": r.get("spread_best_eager")})  # fmt: skip
     return t

@@ -56,7 +56,7 @@ def test_many_leaves_case_has_a_thousand_style_size_spread():
 def test_report_and_files(tiny_run, tmp_path):
     text = report.table(tiny_run)
     assert "correctness guard: every jaxreg subject matches torch's reference" in text
-    assert "targets:" in text and ("MISSED" in text or "MET" in text)
+    assert "targets (ratios: median over rounds" in text and ("MISSED" in text or "MET" in text)
     written = report.write(tiny_run, tmp_path)
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["environment"]["threads"] >= 1 and data["environment"]["versions"]["torch"]
@@ -224,3 +224,20 @@ def test_many_leaves_target_uses_the_flat_buffer_and_reports_the_tree():
     d = suite.derive({"groups": [triad, g]})
     (t,) = [t for t in d["targets"] if t["target"].startswith("many small leaves")]
     assert "per-leaf tree" in t["target"] and t["value"] == pytest.approx(2.0) and not t["met"]
+
+
+def test_ratios_are_paired_by_round_with_their_spread():
+    """Round medians that drift together: the per-round ratio is constant (1.25) while the
+    ratio of the medians is not; without per-round data the medians are used."""
+    a_rounds = [0.010, 0.020, 0.012, 0.030, 0.011]
+    b_rounds = [x / 1.25 for x in a_rounds]
+    b_rounds[3] = 0.012  # one round where b alone was slow: ratio 2.5, the median ignores it
+    g = {"subjects": {
+        "jax:a": {"median_s": 0.012, "rounds": a_rounds, "guard_ok": True},
+        "jax:b": {"median_s": 0.0096, "rounds": b_rounds, "guard_ok": True},
+        "jax:c": {"median_s": 0.006, "guard_ok": True},
+    }}  # fmt: skip
+    assert suite._ratio(g, "jax:a", "jax:b") == pytest.approx(1.25)
+    assert suite._spread(g, "jax:a", "jax:b") == pytest.approx([1.25, 2.5])
+    assert suite._ratio(g, "jax:a", "jax:c") == pytest.approx(2.0)  # no rounds for c
+    assert suite._spread(g, "jax:a", "jax:c") is None
