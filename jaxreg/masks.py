@@ -100,6 +100,7 @@ class Mask:
         return [1.0 if s else 0.0 for s in self.select(params)]
 
     def __call__(self, params: Any) -> Any:
+        _refuse_flat(self, params)
         treedef = jax.tree.structure(params)
         return jax.tree.unflatten(treedef, self.select(params))
 
@@ -698,12 +699,8 @@ def resolve_factors(mask: MaskLike, params: Any, *, float_only: bool = True) -> 
         a multiplier is negative or not finite.
     """
     leaves = jax.tree.leaves(params)
-    if mask is not None and not _is_tree_spec(mask) and _contains_flat(params):
-        raise ValueError(
-            f"mask {mask!r} would be evaluated on the buffers of a FlatParams, not on your "
-            "parameters: give the mask to jaxreg.flat.ravel(params, mask=...) and pass "
-            "flat_params.multipliers here"
-        )
+    if mask is not None and not _is_tree_spec(mask):
+        _refuse_flat(mask, params)
     if mask is None:
         factors = [1.0] * len(leaves)
     elif isinstance(mask, Mask):
@@ -717,6 +714,15 @@ def resolve_factors(mask: MaskLike, params: Any, *, float_only: bool = True) -> 
     if float_only:
         factors = [f if is_float_leaf(x) else 0.0 for f, x in zip(factors, leaves)]
     return factors
+
+
+def _refuse_flat(mask: MaskLike, params: Any) -> None:
+    if _contains_flat(params):
+        raise ValueError(
+            f"mask {mask!r} would be evaluated on the buffers of a FlatParams, not on your "
+            "parameters: give the mask to jaxreg.flat.ravel(params, mask=...) and pass "
+            "flat_params.multipliers here"
+        )
 
 
 def _is_tree_spec(mask: MaskLike) -> bool:

@@ -272,6 +272,8 @@ def test_errors():
         tx.update(fp, tx.init(fp), fp)
     with pytest.raises(ValueError, match="flat.ravel"):
         jaxreg.l2_penalty(fp, mask=masks.min_ndim(2))
+    with pytest.raises(ValueError, match="flat.ravel"):  # also as an optax.masked mask function
+        optax.masked(optax.add_decayed_weights(0.1), masks.min_ndim(2)).init(fp)
     # ...while the group multipliers (a tree matched by path) and None are fine
     assert float(jaxreg.l2_penalty(fp, mask=fp.multipliers)) == pytest.approx(
         float(jaxreg.l2_penalty(params)), rel=1e-14
