@@ -53,7 +53,7 @@ import numpy as np
 
 from jaxreg._tree import is_float_leaf
 
-__all__ = ["FlatParams", "ravel", "unravel_all", "is_flat", "reject_flat"]
+__all__ = ["FlatParams", "Layout", "ravel", "unravel_all", "is_flat"]
 
 
 class _Slot(NamedTuple):
@@ -117,8 +117,8 @@ class FlatParams:
     def unravel(self) -> Any:
         """The original tree: every leaf a slice of its buffer, reshaped.
 
-        Inside ``jit`` these are views XLA fuses into their users; outside, one compiled
-        call (per layout) makes them.
+        Inside ``jit`` these are slices of the buffers (XLA fuses them into their users
+        where it can); outside, one compiled call (per layout) makes them.
 
         Returns:
           A pytree with the structure, shapes and dtypes given to :func:`ravel`.
@@ -297,7 +297,7 @@ def _contains_flat(tree: Any) -> bool:
     return any(is_flat(n) for n in jax.tree.leaves(tree, is_leaf=is_flat))
 
 
-def reject_flat(tree: Any, who: str) -> None:
+def _reject_flat(tree: Any, who: str) -> None:
     """Raise ``ValueError`` if ``tree`` holds a :class:`FlatParams` (for shape-dependent code).
 
     Raises:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg._validate import ScalarOrSchedule
-from jaxreg.flat import reject_flat
+from jaxreg.flat import _reject_flat
 from jaxreg.masks import MaskLike
 from jaxreg.optim import _common as c
 
@@ -99,7 +99,7 @@ def adafactor(
         return empty, empty, c.full_like(p, 0)
 
     def init_fn(params):
-        reject_flat(params, "adafactor (factored second moments)")
+        _reject_flat(params, "adafactor (factored second moments)")
         if not jax.tree.leaves(params):
             return AdafactorState(jnp.zeros([], jnp.int32), (), (), ())
         row, col, var = c.map_leaves(init_leaf, params)
