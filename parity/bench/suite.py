@@ -180,7 +180,8 @@ def _spread(group: dict, a: str, b: str) -> list[float] | None:
 
 
 def derive(results: dict) -> dict:
-    """Ratios, bandwidth fractions, scaling and the targets, from the medians."""
+    """Ratios (paired by round, :func:`_ratio`), bandwidth fractions, scaling and the
+    targets."""
     groups = results["groups"]
     triad = next(g for g in groups if g["spec"]["case"] == "triad")
     n_tri = triad["spec"]["n"]
@@ -195,8 +196,9 @@ def derive(results: dict) -> dict:
     for g in groups:
         spec = g["spec"]
         if spec["case"] == "opt":
-            # jaxreg's time: its fused step (jaxreg.optim.fused_*), the fastest jaxreg path on
-            # CPU; the unfused XLA path is reported next to it.
+            # jaxreg's time: the fused step (jaxreg.optim.fused_*) on a jaxreg.flat buffer where
+            # measured (many leaves), else on the per-leaf tree -- the fastest jaxreg paths on
+            # CPU; the per-leaf tree and the unfused XLA path are reported next to it.
             jx_xla, jx_fused = _med(g, "jax:jaxreg"), _med(g, "jax:jaxreg_fused")
             jx_flat = _med(g, "jax:jaxreg_flat")  # many leaves: the opt-in flat buffer
             tree_key = "jax:jaxreg_fused" if jx_fused is not None else "jax:jaxreg"
