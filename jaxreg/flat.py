@@ -297,18 +297,18 @@ def _contains_flat(tree: Any) -> bool:
     return any(is_flat(n) for n in jax.tree.leaves(tree, is_leaf=is_flat))
 
 
-def _reject_flat(tree: Any, who: str) -> None:
-    """Raise ``ValueError`` if ``tree`` holds a :class:`FlatParams` (for shape-dependent code).
+_SHAPE_DEPENDENT = (
+    "depends on each parameter's shape and cannot run on a FlatParams (its leaves are 1-D "
+    "buffers of many parameters): use the per-leaf tree (flat.unravel()) or an elementwise "
+    "optimizer"
+)
 
-    Raises:
-      ValueError: naming ``who`` and what to do instead.
-    """
+
+def _reject_flat(tree: Any, who: str, reason: str = _SHAPE_DEPENDENT) -> None:
+    """Raise ``ValueError(f"{who} {reason}")`` if ``tree`` holds a :class:`FlatParams`
+    (by default: for shape-dependent code)."""
     if _contains_flat(tree):
-        raise ValueError(
-            f"{who} depends on each parameter's shape and cannot run on a FlatParams "
-            "(its leaves are 1-D buffers of many parameters): use the per-leaf tree "
-            "(flat.unravel()) or an elementwise optimizer"
-        )
+        raise ValueError(f"{who} {reason}")
 
 
 def unravel_all(tree: Any) -> Any:

@@ -48,7 +48,7 @@ import numpy as np
 
 from jaxreg._tree import is_float_leaf, is_variable, key_str, leaf_ndim, leaf_paths, path_str
 from jaxreg._validate import check_nonnegative
-from jaxreg.flat import _contains_flat
+from jaxreg.flat import _reject_flat
 
 __all__ = [
     "Mask",
@@ -717,12 +717,12 @@ def resolve_factors(mask: MaskLike, params: Any, *, float_only: bool = True) -> 
 
 
 def _refuse_flat(mask: MaskLike, params: Any) -> None:
-    if _contains_flat(params):
-        raise ValueError(
-            f"mask {mask!r} would be evaluated on the buffers of a FlatParams, not on your "
-            "parameters: give the mask to jaxreg.flat.ravel(params, mask=...) and pass "
-            "flat_params.multipliers here"
-        )
+    _reject_flat(
+        params,
+        f"mask {mask!r}",
+        "would be evaluated on the buffers of a FlatParams, not on your parameters: give the "
+        "mask to jaxreg.flat.ravel(params, mask=...) and pass flat_params.multipliers here",
+    )
 
 
 def _is_tree_spec(mask: MaskLike) -> bool:
