@@ -76,8 +76,7 @@ def table(results: dict) -> str:
         met = {True: "MET", False: "MISSED", None: "—"}[t["met"]]
         sp = t.get("spread")
         rng = f"[{sp[0]:.2f}–{sp[1]:.2f}]" if sp else ""
-        limit = float(t["limit"].split()[-1]) if t["met"] is not None else None
-        near = "~" if sp and limit is not None and sp[0] <= limit <= sp[1] else ""
+        near = "~" if t.get("within_noise") else ""
         lines.append(
             f"  {t['target']:68s} {t['limit']:>10s} {t['value']:7.3f} {rng:>12s}  {met}{near}"
         )

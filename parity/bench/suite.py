@@ -325,45 +325,57 @@ def _scaling(rows: list[dict]) -> dict:
     return out
 
 
+def _target(
+    name: str,
+    value: float,
+    *,
+    at_most: float | None = None,
+    at_least: float | None = None,
+    spread: list[float] | None = None,
+) -> dict:
+    """One row of the targets: a bound (``at_most`` / ``at_least``), or none (reported
+    only). ``within_noise``: the bound lies inside the per-round spread of the ratio."""
+    if at_most is None and at_least is None:
+        return {"target": name, "limit": "(reported)", "value": value, "met": None}
+    bound = at_most if at_most is not None else at_least
+    return {
+        "target": name,
+        "limit": f"{'≤' if at_most is not None else '≥'} {bound}",
+        "value": value,
+        "met": value <= bound if at_most is not None else value >= bound,
+        "spread": spread,
+        "within_noise": bool(spread) and spread[0] <= bound <= spread[1],
+    }
+
+
 def _targets(d: dict) -> list[dict]:
     t = []
     big = [r for r in d["opt"] if not r["many"]]
     if big:
         n_max = max(r["params"] for r in big)
         for r in (r for r in big if r["params"] == n_max):
-            t.append(
-                {
-                    "target": f"large-N {r['opt']} step (N={n_max:.0e}): jaxreg ÷ torch fused",
-                    "limit": "≤ 1.0",
-                    "value": r["ratio_fused"],
-                    "met": r["ratio_fused"] <= 1.0,
-                    "spread": r.get("spread_fused"),
-                }
-            )
-            t.append({"target": f"large-N {r['opt']} step: bandwidth ÷ same-run triad",
-                      "limit": "≥ 0.85", "value": r["bandwidth_fraction"],
-                      "met": r["bandwidth_fraction"] >= 0.85})  # fmt: skip
+            name = f"large-N {r['opt']} step (N={n_max:.0e}): jaxreg ÷ torch fused"
+            t.append(_target(name, r["ratio_fused"], at_most=1.0, spread=r.get("spread_fused")))
+            name = f"large-N {r['opt']} step: bandwidth ÷ same-run triad"
+            t.append(_target(name, r["bandwidth_fraction"], at_least=0.85))
     for key, v in d["reg"].items():
         if "torch" in key:
             continue
-        limit = 1.03 if "penalty" in key else 1.02
         if "proximal" in key or "XLA path" in key:
-            t.append({"target": key, "limit": "(reported)", "value": v, "met": None})
+            t.append(_target(key, v))
         else:
-            t.append({"target": key, "limit": f"≤ {limit}", "value": v, "met": v <= limit,
-                      "spread": d.get("reg_spread", {}).get(key)})  # fmt: skip
+            limit = 1.03 if "penalty" in key else 1.02
+            t.append(_target(key, v, at_most=limit, spread=d.get("reg_spread", {}).get(key)))
     for r in (r for r in d["opt"] if r["many"]):
         how = "flat buffer" if r.get("jaxreg_flat_s") else "per-leaf tree"
         name = f"many small leaves, {r['opt']}: jaxreg ({how}) ÷ best torch ({r['best_torch']})"
-        t.append({"target": name, "limit": "≤ 1.0", "value": r["ratio_best"],
-                  "met": r["ratio_best"] <= 1.0, "spread": r.get("spread_best")})  # fmt: skip
+        t.append(_target(name, r["ratio_best"], at_most=1.0, spread=r.get("spread_best")))
         if r.get("jaxreg_flat_s") and r.get("ratio_tree_best"):
             name = f"many small leaves, {r['opt']}: jaxreg (per-leaf tree) ÷ best torch"
-            t.append({"target": name, "limit": "(reported)", "value": r["ratio_tree_best"],
-                      "met": None})  # fmt: skip
+            t.append(_target(name, r["ratio_tree_best"]))
     for r in d["train"]:
-        t.append({"target": f"{r['label']}: jaxreg ÷ best eager torch ({r['best_eager']})",
-                  "limit": "≤ 0.7", "value": r["ratio_best_eager"],
-                  "met": r["ratio_best_eager"] <= 0.7,
-                  "spread": r.get("spread_best_eager")})  # fmt: skip
+        name = f"{r['label']}: jaxreg ÷ best eager torch ({r['best_eager']})"
+        t.append(
+            _target(name, r["ratio_best_eager"], at_most=0.7, spread=r.get("spread_best_eager"))
+        )
     return t
