@@ -103,9 +103,11 @@ def _jax_subject(spec):
         return _jax_train(spec)
 
     params0, grads0 = initial(spec)
+    variant = spec["variant"]
+    if variant == "jaxreg_flat":  # jaxreg.flat: one buffer for all leaves + the fused step
+        return _jax_flat(spec, params0, grads0)
     params = [jax.device_put(p) for p in params0]  # jnp.asarray: ~12 ms per new shape
     grads = [jax.device_put(g) for g in grads0]
-    variant = spec["variant"]
     if variant in ("penalty_in_loss", "decay_transform"):
         # The gradient of a linear loss Σ g·w is g; the L2 term is either differentiated
         # with the loss (λΣw², gradient 2λw) or added by the optimizer (weight_decay = 2λ).
@@ -119,8 +121,6 @@ def _jax_subject(spec):
         def update(ps, s, gs):
             u, s = tx.update(jax.grad(loss)(ps, gs), s, ps)
             return optax.apply_updates(ps, u), s
-    elif variant == "jaxreg_flat":  # jaxreg.flat: one buffer for all leaves + the fused step
-        return _jax_flat(spec, params0, grads0)
     elif variant.startswith("jaxreg_fused"):  # one custom call per step (numba kernel)
         fo = _fused_opt(spec)
         tx = fo.tx  # for init: the fused step keeps the unfused optimizer's state
