@@ -209,12 +209,8 @@ def test_fused_step_sharded_equals_single_device_without_gathers(name, axis_type
     s_ref = opt.init(p_ref)
     for g in grads:
         p_ref, s_ref = jax.jit(opt.step)(p_ref, jax.device_put(g, dev), s_ref)
-    types = (jax.sharding.AxisType.Explicit,) * 2 if axis_type == "explicit" else None
-    mesh = jax.make_mesh(
-        (4, 2),
-        ("data", "model"),
-        axis_types=types or (jax.sharding.AxisType.Auto, jax.sharding.AxisType.Auto),
-    )
+    kind = jax.sharding.AxisType.Explicit if axis_type == "explicit" else jax.sharding.AxisType.Auto
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(kind, kind))
 
     def run():
         p = _shard(params, mesh)
