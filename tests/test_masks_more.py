@@ -449,15 +449,11 @@ class _NnxUnused(nnx.Module):
 def test_skip_unused_matches_torch(which):
     torch.manual_seed(0)
     tm = _TorchUnused().double()
-    net = _NnxUnused(nnx.Rngs(0))
-    graphdef, state = nnx.split(net, nnx.Param)
     sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
-    params = jax.tree.map(lambda x: x, nnx.to_pure_dict(state))
-    for mod in ("fc", "aux"):
-        params[mod] = {
-            "kernel": jnp.asarray(sd[f"{mod}.weight"].T),
-            "bias": jnp.asarray(sd[f"{mod}.bias"]),
-        }
+    params = {
+        mod: {"kernel": jnp.asarray(sd[f"{mod}.weight"].T), "bias": jnp.asarray(sd[f"{mod}.bias"])}
+        for mod in ("fc", "aux")
+    }
     r = np.random.default_rng(0)
     xs = [r.normal(size=(8, 4)) for _ in range(15)]
     ys = [r.normal(size=(8, 3)) for _ in range(15)]
