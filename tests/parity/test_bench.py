@@ -231,7 +231,7 @@ def test_ratios_are_paired_by_round_with_their_spread():
     ratio of the medians is not; without per-round data the medians are used."""
     a_rounds = [0.010, 0.020, 0.012, 0.030, 0.011]
     b_rounds = [x / 1.25 for x in a_rounds]
-    b_rounds[3] = 0.012  # one round where b alone was slow: ratio 2.5, the median ignores it
+    b_rounds[3] = 0.012  # one round where a alone was slow: ratio 2.5, the median ignores it
     g = {"subjects": {
         "jax:a": {"median_s": 0.012, "rounds": a_rounds, "guard_ok": True},
         "jax:b": {"median_s": 0.0096, "rounds": b_rounds, "guard_ok": True},
@@ -241,3 +241,14 @@ def test_ratios_are_paired_by_round_with_their_spread():
     assert suite._spread(g, "jax:a", "jax:b") == pytest.approx([1.25, 2.5])
     assert suite._ratio(g, "jax:a", "jax:c") == pytest.approx(2.0)  # no rounds for c
     assert suite._spread(g, "jax:a", "jax:c") is None
+
+
+def test_target_rows_bounds_and_within_noise():
+    t = suite._target("x", 1.01, at_most=1.02, spread=[0.9, 1.1])
+    assert (t["limit"], t["met"], t["within_noise"]) == ("≤ 1.02", True, True)
+    t = suite._target("x", 1.05, at_most=1.02, spread=[1.03, 1.2])
+    assert (t["met"], t["within_noise"]) == (False, False)
+    t = suite._target("bw", 0.9, at_least=0.85)
+    assert (t["limit"], t["met"], t["within_noise"]) == ("≥ 0.85", True, False)
+    assert suite._target("r", 2.0) == {"target": "r", "limit": "(reported)", "value": 2.0,
+                                       "met": None}  # fmt: skip
