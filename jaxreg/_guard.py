@@ -102,18 +102,21 @@ def skip_unused(
       [0.0, 0.0]
     """
 
-    def bool_tree(params: Any) -> Any:
-        return jax.tree.unflatten(jax.tree.structure(params), resolve(used, params))
+    def masked(params: Any) -> tuple[optax.GradientTransformation, list[bool]]:
+        selected = resolve(used, params)  # once per call: it also zeroes the others below
+        tree = jax.tree.unflatten(jax.tree.structure(params), selected)
+        return optax.masked(inner, tree), selected
 
-    masked = optax.masked(inner, bool_tree)
+    def init_fn(params: Any) -> Any:
+        return masked(params)[0].init(params)
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
             raise ValueError("skip_unused needs the params: call update(updates, state, params)")
-        new_updates, state = masked.update(updates, state, params)
-        selected = resolve(used, params)
+        tx, selected = masked(params)
+        new_updates, state = tx.update(updates, state, params)
         leaves, treedef = jax.tree.flatten(new_updates)
         leaves = [u if s else jnp.zeros_like(u) for u, s in zip(leaves, selected)]
         return jax.tree.unflatten(treedef, leaves), state
 
-    return optax.GradientTransformation(masked.init, update_fn)
+    return optax.GradientTransformation(init_fn, update_fn)
