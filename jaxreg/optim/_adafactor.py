@@ -100,9 +100,9 @@ def adafactor(
 
     def init_fn(params):
         _reject_flat(params, "adafactor (factored second moments)")
-        if not jax.tree.leaves(params):
-            return AdafactorState(jnp.zeros([], jnp.int32), (), (), ())
-        row, col, var = c.map_leaves(init_leaf, params)
+        leaves, treedef = jax.tree.flatten(params)
+        per_leaf = [init_leaf(p) for p in leaves]
+        row, col, var = (treedef.unflatten([f[i] for f in per_leaf]) for i in range(3))
         return AdafactorState(jnp.zeros([], jnp.int32), row, col, var)
 
     def update_fn(updates, state, params=None):
@@ -132,7 +132,7 @@ def adafactor(
             return (-c.cast(alpha / denom, g)) * u, row, col, var
 
         out, row, col, var = c.map_leaves(
-            leaf, updates, params, state.row_var, state.col_var, state.variance
+            leaf, updates, params, state.row_var, state.col_var, state.variance, state_from=2
         )
         return out, AdafactorState(optax.safe_increment(state.count), row, col, var)
 

@@ -102,7 +102,7 @@ def asgd(
             ax = jnp.where(mu_is_one, new_p, ax + (new_p - ax) * c.cast(state.mu, ax))
             return new_p - p, ax
 
-        out, ax = c.map_leaves(leaf, updates, params, state.ax)
+        out, ax = c.map_leaves(leaf, updates, params, state.ax, state_from=2)
         lr_t = c.lr_at(lr, state.count)
         new_eta = (lr_t / (1 + lambd * lr_t * step) ** alpha).astype(sd)
         new_mu = (1 / jnp.maximum(1.0, step - t0)).astype(sd)

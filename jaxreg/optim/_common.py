@@ -19,6 +19,7 @@ import optax
 from jax.experimental.shard_alike import shard_alike
 
 import jaxreg
+from jaxreg._tree import is_float_leaf, key_str
 from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float, default_float_dtype
 from jaxreg.masks import MaskLike
 
@@ -133,13 +134,52 @@ def lr_at(lr: ScalarOrSchedule, count: jax.Array) -> jax.Array:
     return jnp.asarray(at_count(lr, count))
 
 
-def map_leaves(fn: Callable[..., tuple], tree: Any, *others: Any) -> tuple[Any, ...]:
-    """Apply ``fn(leaf, *other_leaves) -> tuple`` per leaf; return one tree per output."""
-    leaves, treedef = jax.tree.flatten(tree)
+def map_leaves(
+    fn: Callable[..., tuple], tree: Any, *others: Any, state_from: int = 1
+) -> tuple[Any, ...]:
+    """Apply ``fn(grad, *other_leaves) -> (update, *new_state)`` per leaf.
+
+    Returns one tree per output. ``(tree, *others)[state_from:]`` are the state trees
+    that ``fn``'s outputs after the first replace, in order (inputs before
+    ``state_from`` -- the gradient, and the params where the rule reads them -- are not
+    returned). That correspondence lets every optimizer treat two cases alike:
+
+    * a leaf whose gradient is not a real floating-point array (an integer counter, a
+      boolean flag in the parameter tree) is left alone, as torch never optimizes such a
+      tensor: its update is zero and its state is returned unchanged (running the rule
+      on it would make ``0 / 0`` NaNs that ``optax.apply_updates`` casts to 0, wiping
+      the leaf);
+    * an empty tree (an unused label of ``optax.multi_transform``) gives empty trees.
+
+    Raises:
+      ValueError: for complex leaves, naming them. torch optimizes a complex tensor as
+        its real and imaginary parts (``torch.view_as_real``); jaxreg.optim does not
+        reproduce that -- keep such a parameter as a real array of shape ``(..., 2)``.
+    """
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = [leaf for _, leaf in pairs]
+    complex_paths = [
+        "/".join(key_str(k) for k in path)
+        for path, leaf in pairs
+        if jnp.issubdtype(getattr(leaf, "dtype", jnp.float32), jnp.complexfloating)
+    ]
+    if complex_paths:
+        raise ValueError(
+            f"jaxreg.optim does not take complex parameters ({', '.join(complex_paths)}): "
+            "torch optimizes a complex tensor as its real and imaginary parts "
+            "(torch.view_as_real), which jaxreg.optim does not reproduce; keep the "
+            "parameter as a real array of shape (..., 2) (jnp.stack([z.real, z.imag], -1))"
+        )
     other_leaves = [treedef.flatten_up_to(o) for o in others]
-    results = [fn(*args) for args in zip(leaves, *other_leaves)]
+    n_out = 1 + len(others) + 1 - state_from
+    results = []
+    for args in zip(leaves, *other_leaves):
+        if is_float_leaf(args[0]):
+            results.append(fn(*args))
+        else:
+            results.append((jnp.zeros_like(args[0]), *args[state_from:]))
     if not results:
-        return ()
+        return tuple(jax.tree.unflatten(treedef, []) for _ in range(n_out))
     return tuple(jax.tree.unflatten(treedef, list(r)) for r in zip(*results))
 
 
