@@ -13,7 +13,14 @@ what a long regularized run needs to resume *bit for bit*:
   is an error, never silently different numbers (leaves not fully addressable from this
   process, in multi-host runs, are left to Orbax's own checks);
 - before restoring, the checkpoint's tree is compared with the expected one, and every
-  missing, unexpected or mismatched leaf is named in one :class:`CheckpointError`.
+  missing, unexpected or mismatched leaf is named in one :class:`CheckpointError`;
+- one writer per directory: the first :meth:`Checkpointer.save` takes an exclusive lock
+  (``.jaxreg-writer.lock``, held until :meth:`Checkpointer.close`), and a second process
+  saving there gets a :class:`CheckpointError` at once;
+- only complete checkpoints count: a step directory missing any of the files a finished
+  save writes (an empty directory, a half-deleted old step) is never listed or restored,
+  and the writer removes such leftovers, and the temporary directory of a save that
+  failed, before it saves.
 
 Example:
   >>> import tempfile, jax.numpy as jnp, jaxreg
@@ -31,7 +38,10 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -40,6 +50,10 @@ import numpy as np
 __all__ = ["Checkpointer", "CheckpointError"]
 
 _RESERVED = "__jaxreg__"
+_LOCK = ".jaxreg-writer.lock"
+# The files a finished save has written; a step directory lacking one is not complete.
+_COMPLETE = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "meta/metadata")
+_TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 
 
 class CheckpointError(ValueError):
@@ -54,9 +68,41 @@ def _key_name(k: Any) -> str:
 
 
 def _named_leaves(tree: Any) -> dict[str, Any]:
-    """``{"opt.0.exp_avg.w": leaf}``: Orbax's own naming (NamedTuple fields by name)."""
+    """``{"opt.0.exp_avg.w": leaf}``: Orbax's own naming (NamedTuple fields by name).
+
+    Raises:
+      CheckpointError: two leaves get the same name (a key containing "." can make
+        ``{"l": [x], "l.0": y}`` collide), naming both paths; Orbax would store one.
+    """
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {".".join(_key_name(k) for k in path): leaf for path, leaf in flat}
+    out: dict[str, Any] = {}
+    paths: dict[str, str] = {}
+    clashes = []
+    for path, leaf in flat:
+        name = ".".join(_key_name(k) for k in path)
+        if name in out:
+            clashes.append(f"{paths[name]} and {jax.tree_util.keystr(path)} (both {name!r})")
+        out[name] = leaf
+        paths[name] = jax.tree_util.keystr(path)
+    if clashes:
+        raise CheckpointError(
+            "leaves whose names collide in a checkpoint (Orbax joins keys with '.'): "
+            + "; ".join(clashes)
+            + " -- rename the keys so that no joined path repeats"
+        )
+    return out
+
+
+def _check_step(step: Any) -> int:
+    """A checkpoint number: a non-negative integer (``bool`` and floats refused)."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(f"a checkpoint step must be a non-negative int, got {step!r}")
+    return int(step)
+
+
+def _missing(path: str) -> list[str]:
+    """The files of a finished save that the step directory ``path`` lacks."""
+    return [f for f in _COMPLETE if not os.path.isfile(os.path.join(path, f))]
 
 
 def _digest(leaf: Any) -> str | None:
@@ -95,6 +141,7 @@ class Checkpointer:
         if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
             raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
         self._ocp = ocp
+        self._lock_file = None
         self.directory = os.path.abspath(os.fspath(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -117,9 +164,15 @@ class Checkpointer:
           metadata: JSON-serializable dict saved alongside (returned by :meth:`restore`).
 
         Raises:
-          CheckpointError: ``step`` is not larger than the latest saved step.
+          ValueError: ``step`` is not a non-negative ``int``.
+          CheckpointError: ``step`` is not larger than the latest saved step; another
+            process is writing to the directory; two leaves' names collide.
         """
         ocp = self._ocp
+        step = _check_step(step)
+        named = _named_leaves(state)
+        self._lock()
+        self._remove_leftovers()
         latest = self.latest_step()
         if latest is not None and step <= latest:
             raise CheckpointError(
@@ -128,26 +181,91 @@ class Checkpointer:
         metadata = dict(metadata or {})
         if _RESERVED in metadata:
             raise ValueError(f"metadata key {_RESERVED!r} is reserved")
-        metadata[_RESERVED] = {"sha256": {k: _digest(v) for k, v in _named_leaves(state).items()}}
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)
-            ),
-        )
-        self._manager.wait_until_finished()
+        metadata[_RESERVED] = {"sha256": {k: _digest(v) for k, v in named.items()}}
+        try:
+            saved = self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)
+                ),
+            )
+            self._manager.wait_until_finished()
+        except BaseException:
+            self._remove_leftovers()
+            raise
+        if saved is False:  # Orbax declines silently (e.g. a newer step it still lists)
+            raise CheckpointError(f"Orbax did not save step {step} in {self.directory}")
+
+    def _lock(self) -> None:
+        """Take the one-writer lock of the directory (once; held until :meth:`close`)."""
+        if self._lock_file is not None or jax.process_index() != 0:
+            return  # processes of one multi-host run save together through Orbax
+        import fcntl
+
+        f = open(os.path.join(self.directory, _LOCK), "a+")  # noqa: SIM115 - held open
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise CheckpointError(
+                f"{self.directory} is being written by {holder}: one writer per checkpoint "
+                "directory (give each run its own directory)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        self._lock_file = f
+
+    def _step_dirs(self) -> dict[int, list[str]]:
+        """``{step: missing files}`` for every non-empty numbered directory."""
+        if not os.path.isdir(self.directory):
+            return {}
+        out = {}
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if name.isdigit() and os.path.isdir(path) and os.listdir(path):
+                out[int(name)] = _missing(path)
+        return out
+
+    def _remove_leftovers(self) -> None:
+        """Delete what no finished save left (writer only): Orbax temporaries, empty step
+        directories, and incomplete steps older than the newest complete one (an old step
+        whose deletion was cut short). An incomplete step *newer* than every complete one
+        is kept: it may be a damaged checkpoint, and :meth:`restore` names it."""
+        if self._lock_file is None:
+            return
+        newest = self.latest_step()
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if not os.path.isdir(path):
+                continue
+            stale = bool(_TMP.match(name))
+            if name.isdigit():
+                empty = not os.listdir(path)
+                old_partial = newest is not None and int(name) < newest and _missing(path)
+                stale = empty or bool(old_partial)
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+        self._manager.reload()
 
     # -- reading ----------------------------------------------------------------------
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or ``None`` if there is none."""
-        self._manager.reload()
-        return self._manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
-        """Steps of all complete checkpoints, oldest first (partial writes are ignored)."""
-        self._manager.reload()
-        return sorted(self._manager.all_steps())
+        """Steps of all complete checkpoints, oldest first.
+
+        A step directory counts once every file a finished save writes is there: a save
+        still in progress, one killed midway, an empty directory and a half-deleted old
+        step are not listed.
+        """
+        return sorted(step for step, missing in self._step_dirs().items() if not missing)
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
         """Read checkpoint ``step`` (default: the latest) into the structure of ``like``.
@@ -162,20 +280,32 @@ class Checkpointer:
           metadata dict given to :meth:`save`.
 
         Raises:
-          CheckpointError: no checkpoint; the checkpoint is unreadable or a leaf's
+          CheckpointError: no checkpoint; the checkpoint (by default the newest step
+            directory, complete or not) is incomplete or unreadable, or a leaf's
             content does not match its saved checksum (naming the leaf); or its tree
             does not fit ``like`` (naming every missing, unexpected or mismatched leaf).
         """
         ocp = self._ocp
+        found = self._step_dirs()
         if step is None:
-            step = self.latest_step()
-            if step is None:
+            if not found:
                 raise CheckpointError(f"no complete checkpoint in {self.directory}")
-        elif step not in (steps := self.all_steps()):
+            step = max(found)  # an incomplete newest step is an error, never skipped
+        else:
+            step = _check_step(step)
+        where = os.path.join(self.directory, str(step))
+        if step not in found:
+            steps = self.all_steps()
             raise CheckpointError(
                 f"no checkpoint for step {step} in {self.directory} (have: {steps or 'none'})"
             )
-        where = os.path.join(self.directory, str(step))
+        if found[step]:
+            older = [s for s, missing in found.items() if s < step and not missing]
+            hint = f"; restore(step={max(older)}) reads the previous one" if older else ""
+            raise CheckpointError(
+                f"checkpoint {where} is incomplete or unreadable (missing "
+                f"{', '.join(found[step])}){hint}"
+            )
         try:
             saved = self._manager.item_metadata(step)["state"]
             saved_tree = getattr(saved, "tree", saved)
@@ -238,9 +368,14 @@ class Checkpointer:
     # -- lifetime ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Wait for pending writes and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for pending writes, release the manager and the writer lock."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.close()
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.close()  # closing the file releases the flock
+                self._lock_file = None
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -163,6 +163,8 @@ def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path, kill_at):
         assert int(state["step"]) == 1 and float(state["w"][0, 0]) == 1.0
         ckpt.save(2, {"w": jnp.full((256, 256), 2.0, jnp.float32), "step": jnp.int32(2)})
         assert int(ckpt.restore(_like())[0]["step"]) == 2  # the run goes on
+    # the writer removed the killed save's temporary directory
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["1", "2"]
 
 
 def test_kill_at_a_random_moment_of_continuous_saving(tmp_path):
@@ -275,3 +277,111 @@ def test_content_that_does_not_match_its_checksum_is_caught(tmp_path):
     with Checkpointer(a) as ckpt, pytest.raises(CheckpointError) as err:
         ckpt.restore(_like())
     assert "leaf 'w' does not match the checksum" in str(err.value)
+
+
+# --- what a save refuses, one writer, incomplete steps -----------------------------------
+
+
+def test_colliding_leaf_names_are_refused_at_save(tmp_path):
+    # Orbax joins keys with ".": {"l": [x], "l.0": y} would store one of the two leaves.
+    state = {"l": [jnp.zeros(2)], "l.0": jnp.ones(2)}
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(CheckpointError, match=r"\['l'\]\[0\] and \['l.0'\] \(both 'l.0'\)"):
+            ckpt.save(0, state)
+        assert ckpt.all_steps() == []
+        ckpt.save(0, {"l": [jnp.zeros(2)], "l_0": jnp.ones(2)})  # renamed: fine
+        out, _ = ckpt.restore({"l": [jnp.zeros(2)], "l_0": jnp.zeros(2)})
+    np.testing.assert_array_equal(out["l_0"], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("step", [-1, 7.5, np.float64(3.0), True, "8", None])
+def test_step_must_be_a_non_negative_int(tmp_path, step):
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(ValueError, match="non-negative int"):
+            ckpt.save(step, _like())
+        assert ckpt.all_steps() == [] and os.listdir(tmp_path) in ([], [".jaxreg-writer.lock"])
+        ckpt.save(np.int64(4), _like())  # numpy integers are integers
+        assert ckpt.all_steps() == [4]
+
+
+LOCK_HOLDER = textwrap.dedent(
+    """
+    import sys, jax.numpy as jnp
+    from jaxreg.checkpoint import Checkpointer
+    ckpt = Checkpointer(sys.argv[1])
+    ckpt.save(1, {"w": jnp.zeros((256, 256), jnp.float32), "step": jnp.int32(1)})
+    print("saved", flush=True)
+    sys.stdin.readline()  # hold the directory until the parent says so
+    ckpt.close()
+    """
+)
+
+
+def test_a_second_writer_gets_a_named_error_at_once(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    with subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path)],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        assert proc.stdout.readline().strip() == "saved"
+        with Checkpointer(tmp_path) as ckpt:
+            t0 = time.monotonic()
+            with pytest.raises(CheckpointError, match=rf"being written by pid {proc.pid}"):
+                ckpt.save(2, _like())
+            assert time.monotonic() - t0 < 5
+            assert ckpt.all_steps() == [1]  # reading is allowed
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.wait(timeout=60) == 0
+            ckpt.save(2, _like())  # the lock was released by the other writer's close
+            assert ckpt.all_steps() == [1, 2]
+
+
+def _state(k):
+    return {"w": jnp.full((256, 256), float(k), jnp.float32), "step": jnp.int32(k)}
+
+
+def test_empty_and_half_deleted_step_directories_are_not_checkpoints(tmp_path):
+    with Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+        for k in (1, 2, 3):
+            ckpt.save(k, _state(k))
+    (tmp_path / "9").mkdir()  # a stray empty step directory
+    (tmp_path / "1" / "state" / "_METADATA").unlink()  # an old step half deleted
+    with Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+        assert ckpt.all_steps() == [2, 3] and ckpt.latest_step() == 3
+        state, _ = ckpt.restore(_like())
+        assert int(state["step"]) == 3
+        ckpt.save(4, _state(4))  # the writer clears both leftovers
+        assert ckpt.all_steps() == [2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".jaxreg-writer.lock", "2", "3", "4"]
+
+
+def test_an_incomplete_newest_step_is_an_error_not_a_silent_fallback(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, _state(1))
+        ckpt.save(2, _state(2))
+    (tmp_path / "2" / "state" / "manifest.ocdbt").unlink()
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(CheckpointError, match=r"/2 is incomplete.*manifest.ocdbt.*step=1"):
+            ckpt.restore(_like())
+        state, _ = ckpt.restore(_like(), step=1)  # explicitly the previous one
+        assert int(state["step"]) == 1
+
+
+def test_a_failed_save_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    from orbax.checkpoint._src.path import atomicity
+
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, _state(1))
+
+        async def finalize(self, *args, **kwargs):
+            raise OSError("disk went away")
+
+        monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", finalize)
+        with pytest.raises(Exception, match="disk went away"):
+            ckpt.save(2, _state(2))
+        monkeypatch.undo()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".jaxreg-writer.lock", "1"]
+        assert ckpt.all_steps() == [1]
+        ckpt.save(2, _state(2))
+        assert int(ckpt.restore(_like())[0]["step"]) == 2
