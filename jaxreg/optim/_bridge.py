@@ -33,18 +33,45 @@ _CORE_STATES = (
     SGDState, AdamState, AdamaxState, NAdamState, RMSpropState, AdagradState, AdadeltaState,
     ASGDState, AdafactorState, MuonState,
 )  # fmt: skip
+_STATE_OF = {
+    "SGD": SGDState, "Adam": AdamState, "AdamW": AdamState, "RMSprop": RMSpropState,
+    "Adagrad": AdagradState, "Adadelta": AdadeltaState, "Adamax": AdamaxState,
+    "NAdam": NAdamState, "RAdam": AdamState, "ASGD": ASGDState, "Adafactor": AdafactorState,
+    "Muon": MuonState,
+}  # fmt: skip
 _SCALAR_FIELDS = ("mu_product", "eta", "mu")  # per-param 0-d tensors in torch
 _FROZEN = "frozen"
 
 
+def _torch_class(torch_optimizer: Any) -> type | None:
+    """The ``torch.optim`` class in the optimizer's MRO nearest to it, or None."""
+    for cls in type(torch_optimizer).__mro__:
+        module = cls.__module__ or ""
+        if module == "torch.optim" or module.startswith("torch.optim."):
+            return cls
+    return None
+
+
 def _factory(torch_optimizer: Any):
-    name = type(torch_optimizer).__name__
-    if name not in _FACTORIES:
+    """The jaxreg.optim factory for a live torch optimizer, matched by its class itself.
+
+    A class merely *named* like a torch optimizer (a third-party ``SGD``) is refused,
+    and so is a subclass of one (its ``step`` may differ from torch's).
+    """
+    kind = type(torch_optimizer)
+    base = _torch_class(torch_optimizer)
+    if base is None or base.__name__ not in _FACTORIES:
         raise ValueError(
-            f"from_torch: no jaxreg.optim equivalent for {name}; supported: "
-            f"{', '.join(sorted(_FACTORIES))}"
+            f"from_torch: no jaxreg.optim equivalent for {kind.__qualname__} (from "
+            f"{kind.__module__}); supported: torch.optim.{{{', '.join(sorted(_FACTORIES))}}}"
         )
-    return _FACTORIES[name]
+    if base is not kind:
+        raise ValueError(
+            f"from_torch: {kind.__module__}.{kind.__qualname__} subclasses "
+            f"torch.optim.{base.__name__} and may change its step; build the transform "
+            f"with jaxreg.optim.{_FACTORIES[base.__name__].__name__}(...) if it does not"
+        )
+    return _FACTORIES[base.__name__]
 
 
 def _group_kwargs(factory, group: dict) -> dict:
@@ -78,6 +105,12 @@ def _leaf_index(torch_optimizer: Any, params: Any, paths: list[str] | None) -> l
         paths = list(paths)
         if len(paths) != n_torch:
             raise ValueError(f"paths names {len(paths)} leaves for {n_torch} torch parameters")
+        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        if repeated:
+            raise ValueError(
+                f"paths names these leaves more than once: {repeated} (each torch parameter "
+                "needs its own leaf)"
+            )
         missing = [p for p in paths if p not in names]
         if missing:
             raise ValueError(f"paths not found in params: {missing}; params has {names}")
@@ -105,8 +138,8 @@ def from_torch(
 
     Every param group becomes the matching ``jaxreg.optim`` factory called with that
     group's hyperparameters (several groups: an ``optax.multi_transform``); leaves of
-    ``params`` in no group are frozen (``optax.set_to_zero``), as torch leaves
-    parameters outside the optimizer untouched.
+    ``params`` in no group, and those whose torch parameter has ``requires_grad=False``,
+    are frozen (``optax.set_to_zero``), as torch leaves them untouched.
 
     Args:
       torch_optimizer: e.g. ``torch.optim.AdamW(model.parameters(), ...)``.
@@ -115,28 +148,40 @@ def from_torch(
         of its leaf in ``params``; default: the leaves of ``params`` in
         ``jax.tree.leaves`` order are the torch parameters in order. Shapes must match.
       lr: optional learning rate or Optax schedule replacing every group's current
-        ``lr`` (torch schedulers are separate objects and are not read).
+        ``lr``. Required when a torch LR scheduler is attached (a group holds
+        ``initial_lr``): the scheduler is a separate object, and its current lr is not
+        the run's lr.
 
     Returns:
       An ``optax.GradientTransformation``.
 
     Raises:
-      ValueError: for an optimizer class without an equivalent, or parameters that do
-        not fit (the message lists them).
+      ValueError: for an optimizer class without an equivalent (matched by the class
+        itself: a look-alike or a subclass is refused), parameters that do not fit (the
+        message lists them), ``paths`` naming a leaf twice, or an attached scheduler
+        without ``lr=``.
     """
     factory = _factory(torch_optimizer)
     index = _leaf_index(torch_optimizer, params, paths)
     txs = []
-    for group in torch_optimizer.param_groups:
+    for gi, group in enumerate(torch_optimizer.param_groups):
+        if lr is None and "initial_lr" in group:
+            raise ValueError(
+                f"from_torch: param group {gi} has 'initial_lr' ({group['initial_lr']}), so a "
+                f"torch LR scheduler is attached; its current lr ({group['lr']}) would be "
+                "frozen as a constant. Pass lr= the matching schedule "
+                "(e.g. optax.exponential_decay for StepLR), or lr=group['lr'] for a constant"
+            )
         kw = _group_kwargs(factory, group)
         if lr is not None:
             kw["lr"] = lr
         txs.append(factory(**kw))
     n = len(jax.tree.leaves(params))
     labels = [_FROZEN] * n
-    for gi, idx in enumerate(index):
-        for i in idx:
-            labels[i] = f"group{gi}"
+    for gi, (group, idx) in enumerate(zip(torch_optimizer.param_groups, index)):
+        for t, i in zip(group["params"], idx):
+            # torch's step skips a parameter without .grad; requires_grad=False never has one
+            labels[i] = f"group{gi}" if getattr(t, "requires_grad", True) else _FROZEN
     if len(txs) == 1 and _FROZEN not in labels:
         return txs[0]
     transforms = {f"group{gi}": tx for gi, tx in enumerate(txs)}
@@ -144,6 +189,18 @@ def from_torch(
         transforms[_FROZEN] = optax.set_to_zero()
     treedef = jax.tree.structure(params)
     return optax.multi_transform(transforms, jax.tree.unflatten(treedef, labels))
+
+
+def _check_core(core: Any, torch_optimizer: Any, where: str) -> None:
+    """The jaxreg state kind must be the torch optimizer's (an Adam state is no SGD's)."""
+    _factory(torch_optimizer)
+    name = _torch_class(torch_optimizer).__name__
+    if not isinstance(core, _STATE_OF[name]):
+        raise ValueError(
+            f"{where}: the jaxreg state is a {type(core).__name__} but the torch optimizer is "
+            f"torch.optim.{name} (state {_STATE_OF[name].__name__}); convert between the "
+            "same optimizer on both sides"
+        )
 
 
 def _torch_step(state: dict, step: int | None) -> int:
@@ -209,10 +266,12 @@ def state_from_torch(
     """
     index = _leaf_index(torch_optimizer, params, paths)
     groups = [list(g["params"]) for g in torch_optimizer.param_groups]
-    by_leaf: dict[int, tuple[int, Any]] = {}
+    by_leaf: dict[int, tuple[int, Any, str]] = {}
     for gi, (g, idx) in enumerate(zip(groups, index)):
-        for t, i in zip(g, idx):
-            by_leaf[i] = (gi, t)
+        for k, (t, i) in enumerate(zip(g, idx)):
+            by_leaf[i] = (gi, t, f"{k} of group {gi}")
+    names = [path_str(p) for p in leaf_paths(params)]
+    bad: list[str] = []
     tstate = {id(p): torch_optimizer.state.get(p, {}) for g in groups for p in g}
     count = _torch_step({k: v for k, v in tstate.items()}, step)
     leaves = jax.tree.leaves(params)
@@ -228,13 +287,20 @@ def state_from_torch(
             # A copy: .numpy() shares the tensor's memory and jnp.asarray may alias it on
             # CPU, so torch's in-place updates would otherwise leak into the JAX state.
             arr = np.array(value.detach().cpu().numpy(), copy=True)
-            return jnp.asarray(arr, dtype=jnp.asarray(leaves[i]).dtype).reshape(np.shape(x))
+            if arr.shape != np.shape(x):
+                bad.append(
+                    f"{names[i]} (torch parameter {by_leaf[i][2]}) field {name!r}: torch "
+                    f"{arr.shape} vs jaxreg {tuple(np.shape(x))}"
+                )
+                return x
+            return jnp.asarray(arr, dtype=jnp.asarray(leaves[i]).dtype)
 
         return jax.tree.map(one, field_tree, itree, is_leaf=_is_masked)
 
     def fn_core(core, label):
+        _check_core(core, torch_optimizer, "state_from_torch")
         gi = _group_of(label)
-        first = next((t for g_i, t in by_leaf.values() if g_i == gi), None)
+        first = next((t for g_i, t, _ in by_leaf.values() if g_i == gi), None)
         new = {"count": jnp.asarray(count, jnp.int32)}
         for name in core._fields[1:]:
             value = getattr(core, name)
@@ -250,7 +316,10 @@ def state_from_torch(
     def fn_count(s, label):
         return s._replace(count=jnp.asarray(count, jnp.int32))
 
-    return _walk(tx.init(params), fn_core, fn_count)
+    out = _walk(tx.init(params), fn_core, fn_count)
+    if bad:
+        raise ValueError("state_from_torch: optimizer state does not fit: " + "; ".join(bad))
+    return out
 
 
 def state_with(
@@ -320,6 +389,7 @@ def state_to_torch(
     itree = _index_tree(params)
 
     def fn_core(core, label):
+        _check_core(core, torch_optimizer, "state_to_torch")
         count = int(core.count)
         gi = _group_of(label)
         members = index[gi] if gi is not None else []

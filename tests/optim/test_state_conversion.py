@@ -185,3 +185,85 @@ def test_state_with_equals_state_from_torch():
         tx, params, 3, fields, {"mu_product": float(opt.state[ts[0]]["mu_product"])}
     )
     assert_trees_close(got, ref, atol=0.0)
+
+
+# --- what from_torch and the state converters refuse ------------------------------------
+
+
+def test_from_torch_matches_the_class_not_its_name():
+    ts = [torch.zeros(3, requires_grad=True)]
+
+    class SGD(torch.optim.Optimizer):  # a third-party optimizer that happens to be named SGD
+        def __init__(self, params, lr=0.1):
+            super().__init__(params, {"lr": lr})
+
+        def step(self, closure=None):
+            return None
+
+    with pytest.raises(ValueError, match=r"no jaxreg.optim equivalent for .*SGD \(from "):
+        optim.from_torch(SGD(ts), [jnp.zeros(3)])
+
+    class MySGD(torch.optim.SGD):  # a subclass may change the step
+        pass
+
+    with pytest.raises(ValueError, match=r"subclasses torch.optim.SGD.*jaxreg.optim.sgd"):
+        optim.from_torch(MySGD(ts, lr=0.1), [jnp.zeros(3)])
+
+
+def test_from_torch_refuses_a_path_named_twice():
+    ts = [torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(3)}
+    with pytest.raises(ValueError, match=r"more than once: \['a'\]"):
+        optim.from_torch(torch.optim.SGD(ts, lr=0.1), params, paths=["a", "a"])
+
+
+def test_from_torch_freezes_parameters_without_requires_grad():
+    # torch skips a parameter whose .grad stays None; requires_grad=False never gets one.
+    w0, b0 = np.linspace(-1, 1, 6).reshape(2, 3), np.array([0.5, -0.5])
+    w = torch.tensor(w0, requires_grad=True)
+    b = torch.tensor(b0, requires_grad=False)
+    opt = torch.optim.AdamW([w, b], lr=0.1, weight_decay=0.5)
+    grads = random_grads([(2, 3)], 5)
+    for (g,) in grads:
+        w.grad = torch.tensor(g)
+        opt.step()
+    params = {"w": jnp.asarray(w0), "b": jnp.asarray(b0)}
+    tx = optim.from_torch(opt, params, paths=["w", "b"])
+    state = tx.init(params)
+    for (g,) in grads:  # jaxreg gets a gradient for b too (as jax.grad would give one)
+        u, state = tx.update({"w": jnp.asarray(g), "b": jnp.ones(2)}, state, params)
+        params = optax.apply_updates(params, u)
+    np.testing.assert_array_equal(params["b"], b0)  # torch: untouched, not decayed
+    np.testing.assert_allclose(params["w"], w.detach().numpy(), rtol=1e-13)
+
+
+def test_from_torch_refuses_to_freeze_an_attached_scheduler():
+    ts = [torch.zeros(3, requires_grad=True)]
+    opt = torch.optim.SGD(ts, lr=0.1)
+    torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=4)  # warm-up
+    with pytest.raises(ValueError, match=r"initial_lr.*LR scheduler is attached.*0.025"):
+        optim.from_torch(opt, [jnp.zeros(3)])
+    optim.from_torch(opt, [jnp.zeros(3)], lr=optax.linear_schedule(0.025, 0.1, 4))  # fine
+
+
+def test_state_from_torch_checks_shapes_and_the_optimizer_kind():
+    ts = [torch.ones(2, 3, dtype=torch.float64, requires_grad=True)]
+    opt = torch.optim.Adam(ts, lr=0.1)
+    ts[0].grad = torch.ones(2, 3, dtype=torch.float64)
+    opt.step()
+    params = {"w": jnp.ones((2, 3))}
+    tx = optim.adam(lr=0.1)
+    opt.state[ts[0]]["exp_avg"] = torch.zeros(3, 2, dtype=torch.float64)  # right size, wrong shape
+    with pytest.raises(ValueError, match=r"w \(torch parameter 0 of group 0\) field 'exp_avg'"):
+        optim.state_from_torch(opt, tx, params)
+    opt.state[ts[0]]["exp_avg"] = torch.zeros(5, dtype=torch.float64)  # wrong size
+    with pytest.raises(ValueError, match=r"'exp_avg': torch \(5,\) vs jaxreg \(2, 3\)"):
+        optim.state_from_torch(opt, tx, params)
+    # an SGD state read with an Adam transform (every Adam field would silently be zero)
+    sgd = torch.optim.SGD(ts, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"AdamState but the torch optimizer is torch.optim.SGD"):
+        optim.state_from_torch(sgd, tx, params)
+    # an Adam state written into a torch SGD
+    with pytest.raises(ValueError, match=r"AdamState but the torch optimizer is torch.optim.SGD"):
+        optim.state_to_torch(tx.init(params), sgd, params)
+    assert not sgd.state  # nothing was written
