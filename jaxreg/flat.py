@@ -122,6 +122,10 @@ class FlatParams:
 
         Returns:
           A pytree with the structure, shapes and dtypes given to :func:`ravel`.
+
+        Raises:
+          ValueError: a buffer's shape or dtype is not its layout's (naming the group),
+            e.g. after a cast that would otherwise change every leaf's dtype silently.
         """
         if any(isinstance(b, jax.core.Tracer) for b in self.buffers):
             return _unravel(self.buffers, self.layout)
@@ -258,11 +262,13 @@ def _pack_jit(leaves: list[Any], layout: Layout) -> tuple[Any, ...]:
 
 
 def _unravel(buffers: tuple[Any, ...], layout: Layout) -> Any:
-    for b, n, name in zip(buffers, layout.lengths, layout.names):
-        if tuple(np.shape(b)) != (n,):
-            raise ValueError(
-                f"FlatParams buffer {name!r} has shape {tuple(np.shape(b))}, layout says ({n},)"
-            )
+    bad = []
+    for b, n, name, dtype in zip(buffers, layout.lengths, layout.names, layout.dtypes):
+        have = str(np.dtype(b.dtype if hasattr(b, "dtype") else np.asarray(b).dtype))
+        if tuple(np.shape(b)) != (n,) or have != dtype:
+            bad.append(f"{name!r} is {have}{list(np.shape(b))}, the layout has {dtype}[{n}]")
+    if bad:
+        raise ValueError("FlatParams buffers do not fit their layout: " + "; ".join(bad))
     leaves = []
     for slot in layout.slots:
         size = int(np.prod(slot.shape, dtype=np.int64))
