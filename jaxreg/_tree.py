@@ -18,8 +18,10 @@ try:  # flax is a runtime dependency, but keep the helpers usable without it.
     from flax import nnx as _nnx
 
     _VARIABLE_TYPES: tuple[type, ...] = (_nnx.Variable,)
+    _MODULE_TYPES: tuple[type, ...] = (_nnx.Module,)
 except Exception:  # pragma: no cover - flax missing or broken
     _VARIABLE_TYPES = ()
+    _MODULE_TYPES = ()
 
 
 def is_variable(x: Any) -> bool:
@@ -79,3 +81,35 @@ def is_float_leaf(leaf: Any) -> bool:
 
 def leaf_ndim(leaf: Any) -> int:
     return int(np.ndim(leaf)) if not hasattr(leaf, "ndim") else int(leaf.ndim)
+
+
+def reject_module(tree: Any, who: str) -> None:
+    """Raise if ``tree`` is or holds a ``flax.nnx.Module`` where parameters are expected.
+
+    A module is a pytree of *all* its state: BatchNorm running statistics, RNG counters
+    and other ``nnx.Variable`` kinds would be penalized and decayed like weights.
+
+    Raises:
+      ValueError: naming where the module sits and what to pass instead.
+    """
+    if not _MODULE_TYPES:  # pragma: no cover
+        return
+    if isinstance(tree, _MODULE_TYPES):
+        where = f"an nnx.Module ({type(tree).__name__})"
+    else:
+        found = [
+            path
+            for path, x in jax.tree_util.tree_flatten_with_path(
+                tree, is_leaf=lambda x: isinstance(x, _MODULE_TYPES)
+            )[0]
+            if isinstance(x, _MODULE_TYPES)
+        ]
+        if not found:
+            return
+        paths = [path_str(tuple(key_str(k) for k in p)) for p in found]
+        where = "an nnx.Module at " + ", ".join(paths)
+    raise ValueError(
+        f"{who} got {where} where parameters are expected: a module's pytree holds all its "
+        "state (BatchNorm running statistics, RNG counts), which would be treated as "
+        "weights. Pass nnx.state(model, nnx.Param) instead"
+    )

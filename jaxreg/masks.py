@@ -46,7 +46,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxreg._tree import is_float_leaf, is_variable, key_str, leaf_ndim, leaf_paths, path_str
+from jaxreg._tree import (
+    is_float_leaf,
+    is_variable,
+    key_str,
+    leaf_ndim,
+    leaf_paths,
+    path_str,
+    reject_module,
+)
 from jaxreg._validate import check_nonnegative
 from jaxreg.flat import _reject_flat
 
@@ -698,6 +706,7 @@ def resolve_factors(mask: MaskLike, params: Any, *, float_only: bool = True) -> 
       ValueError: if the mask does not fit the params (the message names the path), or
         a multiplier is negative or not finite.
     """
+    reject_module(params, "jaxreg")
     leaves = jax.tree.leaves(params)
     if mask is not None and not _is_tree_spec(mask):
         _refuse_flat(mask, params)

@@ -247,3 +247,22 @@ def test_property_penalties_match_numpy_over_selected_float_leaves(tm):
             continue
         expected = np.sign(np.asarray(x, np.float64)) if s else np.zeros(x.shape)
         np.testing.assert_array_equal(np.asarray(gx, np.float64), expected)
+
+
+def test_an_nnx_module_is_refused_where_params_are_expected():
+    # A module's pytree holds its BatchNorm statistics too: they would be penalized/decayed.
+    from flax import nnx
+
+    model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
+    hint = r"nnx.Module \(Sequential\).*nnx.state\(model, nnx.Param\)"
+    with pytest.raises(ValueError, match=hint):
+        jaxreg.l2_penalty(model)
+    with pytest.raises(ValueError, match=hint):
+        jaxreg.add_weight_decay(0.1).update(model, (), model)
+    with pytest.raises(ValueError, match=hint):
+        jaxreg.optim.adam(0.1).init(model)
+    with pytest.raises(ValueError, match=r"nnx.Module at net"):
+        jaxreg.optim.adamw(0.1).init({"net": model})
+    params = nnx.state(model, nnx.Param)  # what to pass: the parameters only
+    expected = sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(params))
+    np.testing.assert_allclose(float(jaxreg.l2_penalty(params)), expected, rtol=1e-12)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._tree import reject_module
 from jaxreg._validate import ScalarOrSchedule
 from jaxreg.flat import _reject_flat
 from jaxreg.masks import MaskLike
@@ -100,6 +101,7 @@ def adafactor(
 
     def init_fn(params):
         _reject_flat(params, "adafactor (factored second moments)")
+        reject_module(params, "jaxreg.optim.adafactor")
         leaves, treedef = jax.tree.flatten(params)
         per_leaf = [init_leaf(p) for p in leaves]
         row, col, var = (treedef.unflatten([f[i] for f in per_leaf]) for i in range(3))

@@ -19,7 +19,7 @@ import optax
 from jax.experimental.shard_alike import shard_alike
 
 import jaxreg
-from jaxreg._tree import is_float_leaf, key_str
+from jaxreg._tree import is_float_leaf, key_str, reject_module
 from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float, default_float_dtype
 from jaxreg.masks import MaskLike
 
@@ -156,6 +156,8 @@ def map_leaves(
         its real and imaginary parts (``torch.view_as_real``); jaxreg.optim does not
         reproduce that -- keep such a parameter as a real array of shape ``(..., 2)``.
     """
+    for t in (tree, *others):
+        reject_module(t, "jaxreg.optim")
     pairs, treedef = jax.tree_util.tree_flatten_with_path(tree)
     leaves = [leaf for _, leaf in pairs]
     complex_paths = [
@@ -201,6 +203,7 @@ def full_like(like: jax.Array, fill: Any, dtype: Any = None) -> jax.Array:
 
 def zeros_like_tree(params: Any) -> Any:
     """Zeros shaped, typed and sharded like each leaf (see :func:`full_like`)."""
+    reject_module(params, "jaxreg.optim")
     return jax.tree.map(lambda p: full_like(p, 0), params)
 
 
