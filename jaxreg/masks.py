@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,7 @@ from jaxreg.flat import _reject_flat
 
 __all__ = [
     "Mask",
+    "UnmatchedPatternWarning",
     "NORM_LAYERS",
     "exclude_names",
     "min_ndim",
@@ -270,17 +272,75 @@ def multipliers(*rules: tuple[MaskLike, float], default: float = 0.0) -> Mask:
     return _Multipliers(checked, default, name + f", default={default})")
 
 
-def exclude_names(*names: str) -> Mask:
+class UnmatchedPatternWarning(UserWarning):
+    """A name, regex or glob of a mask selects no leaf of the params it was applied to."""
+
+
+_ON_UNMATCHED = ("warn", "error", "ignore")
+
+
+class _PatternMask(Mask):
+    """A selector built from several patterns, each of which should match some leaf.
+
+    ``include``: a leaf is selected when a pattern matches it (else: when none does).
+    A pattern matching no leaf of a non-empty tree is usually a typo
+    (``exclude_names("biass")`` changes nothing): ``on_unmatched`` says what then
+    happens -- warn (:class:`UnmatchedPatternWarning`, once per pattern and mask),
+    raise ``ValueError``, or nothing.
+    """
+
+    def __init__(self, kind, patterns, matchers, include, on_unmatched, name):
+        if on_unmatched not in _ON_UNMATCHED:
+            raise ValueError(f"on_unmatched must be one of {_ON_UNMATCHED}, got {on_unmatched!r}")
+        super().__init__(lambda path, leaf: False, name)
+        self._kind, self._patterns, self._matchers = kind, patterns, matchers
+        self._include, self._on_unmatched = include, on_unmatched
+        self._warned: set[str] = set()
+
+    def select(self, params: Any) -> list[bool]:
+        paths = leaf_paths(params)
+        hits = [[m(path) for m in self._matchers] for path in paths]
+        if paths and self._on_unmatched != "ignore":
+            missed = [
+                pat for j, pat in enumerate(self._patterns) if not any(h[j] for h in hits)
+            ]
+            if missed and self._on_unmatched == "error":
+                raise ValueError(
+                    f"{self._name}: {self._kind} {', '.join(map(repr, missed))} matches no "
+                    f"leaf; the leaves are {[path_str(p) for p in paths]}"
+                )
+            for pat in missed:
+                if pat not in self._warned:
+                    self._warned.add(pat)
+                    warnings.warn(
+                        f"{self._name}: {self._kind} {pat!r} matches no leaf of the params "
+                        f"(a typo?); leaves: {', '.join(path_str(p) for p in paths[:8])}"
+                        f"{', ...' if len(paths) > 8 else ''}. Pass on_unmatched='ignore' "
+                        "if that is intended, or 'error' to make it an error",
+                        UnmatchedPatternWarning,
+                        stacklevel=2,
+                    )
+        return [any(h) if self._include else not any(h) for h in hits]
+
+
+def exclude_names(*names: str, on_unmatched: str = "warn") -> Mask:
     """Select leaves none of whose path components equals one of ``names``.
 
     Example: ``exclude_names("bias", "scale", "embedding")`` -- no decay on biases,
     normalization scales and embeddings.
+
+    A name that is no component of any leaf's path is most likely a typo: it warns
+    (:class:`UnmatchedPatternWarning`); ``on_unmatched="error"`` raises instead,
+    ``"ignore"`` says nothing.
     """
     if not names or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"exclude_names needs one or more non-empty strings, got {names!r}")
-    excluded = frozenset(names)
-    return Mask(
-        lambda path, leaf: not excluded.intersection(path),
+    return _PatternMask(
+        "name",
+        names,
+        [lambda path, n=n: n in path for n in names],
+        False,
+        on_unmatched,
         f"exclude_names({', '.join(map(repr, names))})",
     )
 
@@ -292,30 +352,44 @@ def min_ndim(n: int) -> Mask:
     return Mask(lambda path, leaf: leaf_ndim(leaf) >= n, f"min_ndim({n})")
 
 
-def path_regex(pattern: str) -> Mask:
-    """Select leaves whose "/"-joined path matches ``pattern`` (``re.search``; anchor with ^ $)."""
+def path_regex(pattern: str, *, on_unmatched: str = "warn") -> Mask:
+    """Select leaves whose "/"-joined path matches ``pattern`` (``re.search``; anchor with ^ $).
+
+    A pattern that matches no leaf warns (:class:`UnmatchedPatternWarning`);
+    ``on_unmatched="error"`` raises, ``"ignore"`` says nothing.
+    """
     try:
         compiled = re.compile(pattern)
     except (re.error, TypeError) as e:
         raise ValueError(f"path_regex: invalid pattern {pattern!r}: {e}") from None
-    return Mask(
-        lambda path, leaf: compiled.search(path_str(path)) is not None,
+    return _PatternMask(
+        "pattern",
+        (pattern,),
+        [lambda path: compiled.search(path_str(path)) is not None],
+        True,
+        on_unmatched,
         f"path_regex({pattern!r})",
     )
 
 
-def glob(*patterns: str) -> Mask:
+def glob(*patterns: str, on_unmatched: str = "warn") -> Mask:
     """Select leaves whose "/"-joined path matches one of the glob ``patterns`` in full.
 
     ``*`` matches within one path component, ``**`` across components (any depth, also
     none), ``?`` one character, ``[abc]``/``[!abc]`` a character class -- e.g.
-    ``"**/kernel"`` (every kernel), ``"encoder/layers_*/attn/**"``.
+    ``"**/kernel"`` (every kernel), ``"encoder/layers_*/attn/**"``. A pattern that
+    matches no leaf warns (:class:`UnmatchedPatternWarning`); ``on_unmatched="error"``
+    raises, ``"ignore"`` says nothing.
     """
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"glob needs one or more non-empty strings, got {patterns!r}")
     compiled = [re.compile(_glob_regex(p)) for p in patterns]
-    return Mask(
-        lambda path, leaf: any(c.fullmatch(path_str(path)) for c in compiled),
+    return _PatternMask(
+        "pattern",
+        patterns,
+        [lambda path, c=c: c.fullmatch(path_str(path)) is not None for c in compiled],
+        True,
+        on_unmatched,
         f"glob({', '.join(map(repr, patterns))})",
     )
 
@@ -437,9 +511,10 @@ def no_bias_no_norm(model: Any = None, *example_args: Any, **kw: Any) -> Mask:
     ``scale`` and ``bias``, so ``exclude_names("bias", "scale")`` is the same rule for
     models built from Flax's own layers.
     """
-    if model is None:
-        return exclude_names("bias", "scale")
-    return exclude_names("bias") & ~inside(NORM_LAYERS, model, *example_args, **kw)
+    if model is None:  # a model without norm layers has no "scale": no warning for that
+        return exclude_names("bias", "scale", on_unmatched="ignore")
+    no_bias = exclude_names("bias", on_unmatched="ignore")
+    return no_bias & ~inside(NORM_LAYERS, model, *example_args, **kw)
 
 
 def timm_1d(no_weight_decay: tuple[str, ...] | list[str] = ()) -> Mask:
@@ -450,7 +525,7 @@ def timm_1d(no_weight_decay: tuple[str, ...] | list[str] = ()) -> Mask:
     name.endswith(".bias")`` or ``fnmatch(name, pattern)`` for any pattern; here the
     patterns are :func:`glob` patterns on "/"-joined paths.
     """
-    mask = min_ndim(2) & exclude_names("bias")
+    mask = min_ndim(2) & exclude_names("bias", on_unmatched="ignore")
     if no_weight_decay:
         mask = mask & ~glob(*no_weight_decay)
     return mask
@@ -459,7 +534,7 @@ def timm_1d(no_weight_decay: tuple[str, ...] | list[str] = ()) -> Mask:
 def kernels_only() -> Mask:
     """big_vision's default weight-decay rule: only leaves named ``kernel``
     (its ``wd_mults`` default ``[(".*/kernel$", 1.0)]``)."""
-    return path_regex(r"(^|/)kernel$")
+    return path_regex(r"(^|/)kernel$", on_unmatched="ignore")
 
 
 def used_by(fn: Callable[..., Any], *args: Any, argnum: int = 0, **kwargs: Any) -> Mask:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,3 +150,28 @@ def test_masks_work_under_jit():
     np.testing.assert_allclose(
         float(f(tree)), float(np.sum(np.asarray(tree["dense"]["kernel"]) ** 2)), rtol=1e-15
     )
+
+
+def test_a_pattern_that_matches_no_leaf_warns_or_raises():
+    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    with pytest.warns(masks.UnmatchedPatternWarning, match=r"name 'biass' matches no leaf"):
+        selected = masks.resolve(masks.exclude_names("biass"), params)
+    assert selected == [True, True]  # the typo changed nothing: that is why it warns
+    for mask, pat in [
+        (masks.path_regex("^dense/kernal$"), "'^dense/kernal$'"),
+        (masks.glob("**/kernel", "*/bais"), "'*/bais'"),
+    ]:
+        msg = f"pattern {re.escape(pat)} matches no leaf"
+        with pytest.warns(masks.UnmatchedPatternWarning, match=msg):
+            masks.resolve(mask, params)
+    strict = masks.exclude_names("bias", "biass", on_unmatched="error")
+    with pytest.raises(ValueError, match=r"name 'biass' matches no leaf.*dense/kernel"):
+        tx = jaxreg.optim.adamw(0.1, weight_decay_mask=strict)
+        tx.update(params, tx.init(params), params)
+    # names that match, the presets (a model without norm layers has no "scale") and
+    # on_unmatched="ignore" say nothing; filterwarnings=error turns any warning into a failure
+    assert masks.resolve(masks.exclude_names("bias"), params) == [False, True]
+    assert masks.resolve(masks.no_bias_no_norm(), params) == [False, True]
+    assert masks.resolve(masks.exclude_names("scale", on_unmatched="ignore"), params) == [True] * 2
+    with pytest.raises(ValueError, match="on_unmatched"):
+        masks.glob("*", on_unmatched="loud")
