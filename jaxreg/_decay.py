@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._tree import leaf_paths, path_str
 from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve, resolve_factors
 
@@ -53,6 +54,16 @@ def map_selected(
         p_leaves = treedef.flatten_up_to(params)
     except (ValueError, TypeError) as e:
         raise ValueError(f"updates and params have different structures: {e}") from None
+    holes = [
+        path_str(path)
+        for path, u, p in zip(leaf_paths(updates), u_leaves, p_leaves)
+        if p is None and u is not None
+    ]
+    if holes:
+        raise ValueError(
+            f"updates have arrays at {', '.join(holes)} where params hold None: the two "
+            "trees must have the same structure"
+        )
     factors = resolve_factors(mask, params)
     scaled = (True,) * len(hparams) if scaled is None else scaled
     out = []

@@ -18,9 +18,22 @@ def concrete_float(value: Any) -> float | None:
     """``float(value)`` for a concrete scalar; ``None`` for a tracer (cannot be checked)."""
     if isinstance(value, jax.core.Tracer):
         return None
+    if isinstance(value, (str, bytes)) or not _is_number(value):
+        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
     if np.ndim(value) != 0:
         raise ValueError(f"expected a scalar, got an array of shape {np.shape(value)}")
     return float(value)
+
+
+def _is_number(value: Any) -> bool:
+    """A Python/numpy number or a numeric (bool, int, float) array -- not a string."""
+    if isinstance(value, (bool, int, float, np.number, np.bool_)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    try:
+        return dtype is not None and np.dtype(dtype).kind in "biuf"
+    except TypeError:  # extended dtypes (PRNG keys)
+        return False
 
 
 def check_nonnegative(name: str, value: Any) -> None:

@@ -212,6 +212,8 @@ def _as_mask(obj: MaskLike) -> Mask:
 
 
 def _check_factor(value: Any, where: str) -> float:
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"multiplier for {where} must be a float, got {value!r}")
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -720,8 +722,10 @@ def _as_factor(value: Any, where: str) -> float:
         raise ValueError(f"mask entry at {where!r} is a traced value; masks must be concrete")
     if hasattr(value, "dtype") and np.ndim(value) == 0 and np.dtype(value.dtype) == np.bool_:
         return 1.0 if bool(value) else 0.0
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _check_factor(value, repr(where))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return _check_factor(float(value), repr(where))
+    if hasattr(value, "dtype") and np.ndim(value) == 0 and np.dtype(value.dtype).kind in "iuf":
+        return _check_factor(float(value), repr(where))  # a 0-d numpy/JAX array
     raise ValueError(f"mask entry at {where!r} must be a bool or a multiplier, got {value!r}")
 
 

@@ -40,7 +40,10 @@ def value_of(x: Any) -> float | None:
     try:
         return concrete_float(x)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a scalar hyperparameter, got {x!r}") from None
+        raise ValueError(
+            f"expected a number (float, int, 0-d array) or a schedule, got {type(x).__name__} "
+            f"{x!r}"
+        ) from None
 
 
 def nonneg(name: str, x: Any, message: str | None = None) -> None:
@@ -173,6 +176,20 @@ def map_leaves(
             "parameter as a real array of shape (..., 2) (jnp.stack([z.real, z.imag], -1))"
         )
     other_leaves = [treedef.flatten_up_to(o) for o in others]
+    holes = sorted(
+        {
+            "/".join(key_str(k) for k in pairs[i][0])
+            for o in other_leaves
+            for i, x in enumerate(o)
+            if x is None and leaves[i] is not None
+        }
+    )
+    if holes:
+        raise ValueError(
+            f"jaxreg.optim: the gradient has arrays at {', '.join(holes)} where the params "
+            "(or the optimizer state made from them) hold None: updates, state and params "
+            "must have the structure of the params given to init"
+        )
     n_out = 1 + len(others) + 1 - state_from
     results = []
     for args in zip(leaves, *other_leaves):
