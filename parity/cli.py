@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,14 @@ QUICK = {
     "regs": ("l1", "l2", "wd", "decoupled", "masked", "prox_l1"),
     "steps": 60,
 }
+# Added to the quick grid so that it trains every model family and every optimizer at
+# least once (float64): the norm-layer models, Nesterov, AdamW and RMSprop.
+QUICK_EXTRA = (
+    ("mlp_ln", "decoupled", "adamw"),
+    ("cnn_bn", "masked", "sgd_nesterov"),
+    ("cnn_bn", "l2", "rmsprop"),
+    ("mlp", "masked", "adamw"),
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,11 +141,37 @@ def _configure(device: str) -> list[str]:
     return notes
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def _writable(out: Path) -> str | None:
+    """None if the report directory can be created and written; else why not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".parity-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _stop(pool) -> None:
+    """End a process pool at once: queued cases cancelled, running workers terminated."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.terminate()
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        proc.join(timeout=10)
+
+
 _DATA = None
 
 
 def _init_worker(device: str) -> None:
     global _DATA
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _configure(device)
     from parity.data import load_digits
 
@@ -209,7 +244,7 @@ def main(argv=None) -> int:
     from parity.effect import REGS as EFFECT_REGS
     from parity.effect import train_effect
     from parity.identities import run_identities
-    from parity.report import environment, summary_table, text_summary, write_report
+    from parity.report import environment, summary_table, text_summary, write_report, write_stub
     from parity.run import Case, valid
 
     grid = QUICK if args.quick else {}
@@ -230,13 +265,32 @@ def main(argv=None) -> int:
         for o in opts
         if valid(m, r, o)
     ]
+    if args.quick and not (args.models or args.optimizers or args.regs):
+        cases += [
+            Case(m, r, o, "float64", steps=steps, mutation=args.mutation)
+            for m, r, o in QUICK_EXTRA
+            if "float64" in dtypes
+        ]
     if args.quick and args.dtype == "both":  # float32 on the MLP only, to stay under a minute
         cases = [c for c in cases if c.dtype == "float64" or c.model == "mlp"]
     if not cases:
         sys.stderr.write("parity: error: no valid case in this selection\n")
         return 2
+    problem = _writable(args.out)
+    if problem:  # before the run, not after it
+        sys.stderr.write(f"parity: error: cannot write the report to {args.out}: {problem}\n")
+        return 2
 
     t0 = time.time()
+    run_info = {
+        "argv": list(sys.argv[1:] if argv is None else argv),
+        "started": _now(),
+        "status": "running",
+        "cases_planned": len(cases),
+    }
+    env = environment(args.device, notes)
+    env["run"] = run_info
+    write_stub(args.out, env)  # an earlier run's report must not pass for this one's
     data = load_digits()
     print(
         f"parity: {len(cases)} cases × {steps} steps (float32: {steps32}) on scikit-learn digits "
@@ -244,18 +298,29 @@ def main(argv=None) -> int:
         f"{args.workers} worker(s)"
     )
     workers = 1 if args.device != "cpu" else args.workers
-    results = []
-    with ProcessPoolExecutor(
+    results, ids, effect = [], [], []
+    pool = ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args.device,)
-    ) as pool:
+    )
+    try:
         futures = [pool.submit(_work, c, args.device) for c in cases]
         for i, (c, f) in enumerate(zip(cases, futures), 1):
             results.append(f.result())
             _progress(i, len(cases), f"{c.name} {'PASS' if results[-1].passed else 'FAIL'}", t0)
-    sys.stderr.write("\n")
-    ids = run_identities(data, steps=steps)
-    effect = [train_effect(data, reg, steps=300 if args.quick else 1500) for reg in EFFECT_REGS]
-    env = environment(args.device, notes)
+        pool.shutdown()
+        sys.stderr.write("\n")
+        ids = run_identities(data, steps=steps)
+        effect = [train_effect(data, reg, steps=300 if args.quick else 1500) for reg in EFFECT_REGS]
+    except KeyboardInterrupt:
+        _stop(pool)
+        run_info.update(status="partial", finished=_now(), cases_done=len(results))
+        written = write_report(args.out, env, results, ids, effect, plots=False)
+        sys.stderr.write(
+            f"\nparity: interrupted after {len(results)} of {len(cases)} cases; partial report "
+            f"(marked partial) in {written[1]}\n"
+        )
+        return 130
+    run_info.update(status="complete", finished=_now(), cases_done=len(results))
     written = write_report(args.out, env, results, ids, effect, plots=not args.no_plots)
     print(summary_table(results))
     print()

@@ -111,6 +111,31 @@ def text_summary(results: list[CaseResult], ids: list[IdentityResult]) -> str:
     return "\n".join(lines)
 
 
+def _run_line(env: dict) -> str:
+    run = env.get("run")
+    if not run:
+        return ""
+    done = f"{run.get('cases_done', 0)} of {run['cases_planned']} cases"
+    when = f"started {run['started']}" + (f", ended {run['finished']}" if "finished" in run else "")
+    args = " ".join(run["argv"]) or "(defaults)"
+    return f"Run: `python -m parity {args}`; {when}; {run['status']} ({done})."
+
+
+def write_stub(out: Path, env: dict) -> list[Path]:
+    """Replace any earlier report in ``out`` by one saying that this run has not finished.
+
+    A run killed before :func:`write_report` thus leaves a report marked running (with
+    its start time and arguments), never an earlier run's that looks like its own.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("loss_curves.png", "deviation.png", "effect.png"):
+        (out / stale).unlink(missing_ok=True)
+    (out / "report.json").write_text(json.dumps({"environment": env}, indent=1, default=float))
+    md = ["# jaxreg parity report — NOT FINISHED", "", _run_line(env), ""]
+    (out / "report.md").write_text("\n".join(md))
+    return [out / "report.json", out / "report.md"]
+
+
 def write_report(
     out: Path,
     env: dict,
@@ -132,8 +157,12 @@ def write_report(
         "regularization_effect": [vars(e) for e in effect],
     }
     (out / "report.json").write_text(json.dumps(data, indent=1, default=float))
+    status = env.get("run", {}).get("status", "complete")
+    title = "# jaxreg parity report" + ("" if status == "complete" else f" — {status.upper()}")
     md = [
-        "# jaxreg parity report",
+        title,
+        "",
+        _run_line(env),
         "",
         "```",
         text_summary(results, ids),

@@ -140,6 +140,7 @@ def adam(
         weight_decay,
         dict(foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused),
     )
+    c.refuse_differentiable(differentiable, "adamw" if decoupled_weight_decay else "adam")
     core = scale_by_torch_adam(lr, tuple(betas), eps, amsgrad)
     return _with_decay(core, maximize, weight_decay, decoupled_weight_decay, lr, weight_decay_mask)
 
@@ -333,6 +334,7 @@ def nadam(
         weight_decay,
         dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
     )
+    c.refuse_differentiable(differentiable, "nadam")
     c.nonneg("momentum_decay", momentum_decay, f"Invalid momentum_decay value: {momentum_decay}")
     b1, b2 = betas
 

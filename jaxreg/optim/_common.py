@@ -23,10 +23,6 @@ from jaxreg._tree import is_float_leaf, key_str, reject_module
 from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float, default_float_dtype
 from jaxreg.masks import MaskLike
 
-#: Flags that only choose a torch kernel; accepted and ignored (one compiled XLA program).
-KERNEL_FLAGS = ("foreach", "fused", "capturable", "differentiable")
-
-
 def check(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition`` (torch's ``__init__`` checks)."""
     if not condition:
@@ -72,6 +68,19 @@ def check_kernel_flags(flags: dict[str, Any]) -> None:
         check(
             value is None or isinstance(value, bool),
             f"{name} must be a bool or None, got {value!r}",
+        )
+
+
+def refuse_differentiable(differentiable: bool, name: str) -> None:
+    """Raise for ``differentiable=True`` where it changes torch's numbers (Adam, AdamW,
+    NAdam): torch then computes the step's scalars (bias corrections, step size) as
+    tensors of its default dtype -- float32 unless set to float64 -- instead of Python
+    doubles, 1e-6 to 1e-5 away from the default path after a few dozen steps."""
+    if differentiable:
+        raise ValueError(
+            f"{name}(differentiable=True): torch then computes the bias corrections as "
+            "tensors of its default dtype (float32 unless set to float64), which changes its "
+            "numbers; jaxreg.optim reproduces torch's default differentiable=False path only"
         )
 
 

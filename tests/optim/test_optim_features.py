@@ -231,8 +231,39 @@ def test_defaults_match_torch(spec):
         )
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam"])
+def test_differentiable_is_refused_where_it_changes_torchs_numbers(name):
+    # The reason, measured on torch itself: its differentiable path computes the bias
+    # corrections as float32 tensors, away from the default path beyond float64 round-off.
+    torch_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "nadam": torch.optim.NAdam}
+    grads = random_grads(SHAPES, 20)
+
+    def run(differentiable):
+        # requires_grad=False: torch's differentiable step updates the params in place
+        ps = [torch.tensor(np.asarray(p)) for p in params0(SHAPES)]
+        opt = torch_cls[name](ps, lr=0.01, differentiable=differentiable)
+        for g in grads:
+            for p, gi in zip(ps, g):
+                p.grad = torch.tensor(np.asarray(gi))
+            opt.step()
+        return [p.numpy() for p in ps]
+
+    gap = max(float(np.max(np.abs(a - b))) for a, b in zip(run(False), run(True)))
+    assert gap > 1e-10
+    with pytest.raises(ValueError, match=rf"{name}\(differentiable=True\)"):
+        getattr(optim, name)(lr=0.01, differentiable=True)
+
+
 @pytest.mark.parametrize("flag", ["foreach", "fused", "capturable", "differentiable"])
 def test_kernel_flags_are_accepted_and_change_nothing(flag):
+    if flag == "differentiable":  # refused by adam (above); sgd's numbers do not change
+        grads = random_grads(SHAPES, 20)
+        base, _ = optax_trajectory(optim.sgd(lr=0.01, momentum=0.9), params0(SHAPES), grads)
+        flagged, _ = optax_trajectory(
+            optim.sgd(lr=0.01, momentum=0.9, differentiable=True), params0(SHAPES), grads
+        )
+        assert_trees_close(flagged, base, atol=0.0)
+        return
     grads = random_grads(SHAPES, 20)
     base, _ = optax_trajectory(optim.adam(lr=0.01), params0(SHAPES), grads)
     flagged, _ = optax_trajectory(optim.adam(lr=0.01, **{flag: True}), params0(SHAPES), grads)

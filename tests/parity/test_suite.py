@@ -154,3 +154,63 @@ def test_missing_parity_extra_names_the_extra():
     assert err == (
         'parity: error: missing torch: install the parity extra, pip install -e ".[parity]"'
     )
+
+
+# --- the run's own report: arguments, time, status; --out checked first; Ctrl-C ----------
+
+
+def test_quick_grid_touches_every_model_and_optimizer(quick_report):
+    from parity.grid import MODELS, OPTIMIZERS
+
+    _, out = quick_report
+    report = json.loads((out / "report.json").read_text())
+    assert {c["case_model"] for c in report["cases"]} == set(MODELS)
+    assert {c["case_optimizer"] for c in report["cases"]} == set(OPTIMIZERS)
+    run = report["environment"]["run"]
+    assert run["status"] == "complete" and run["argv"][0] == "--quick"
+    assert run["cases_done"] == run["cases_planned"] == len(report["cases"])
+    assert run["started"] <= run["finished"]
+    assert "complete (" in (out / "report.md").read_text().splitlines()[2]
+
+
+def test_unwritable_out_exits_2_before_running(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    t0 = __import__("time").monotonic()
+    assert cli.main(["--quick", "--out", str(blocker / "report")]) == 2
+    assert __import__("time").monotonic() - t0 < 30  # nothing was trained
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("parity: error: cannot write the report")
+
+
+def test_ctrl_c_writes_a_partial_report_and_one_line(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.md").write_text("# an earlier run's report\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parity", "--quick", "--no-plots", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    seen = b""
+    while b"] 2/" not in seen:  # the progress bar: two cases finished
+        chunk = proc.stderr.read1(4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    rest_out, rest_err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    tail = rest_err.decode().strip()
+    assert "Traceback" not in tail, tail
+    assert tail.splitlines()[-1].startswith("parity: interrupted after ")
+    report = json.loads((out / "report.json").read_text())
+    run = report["environment"]["run"]
+    assert run["status"] == "partial" and run["cases_done"] == len(report["cases"]) >= 2
+    assert run["cases_planned"] > run["cases_done"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# jaxreg parity report — PARTIAL") and "earlier run" not in md
