@@ -74,6 +74,12 @@ def _factory(torch_optimizer: Any):
     return _FACTORIES[base.__name__]
 
 
+def _torch_default_dtype(torch_optimizer: Any) -> Any:
+    """``torch.get_default_dtype()`` as a JAX dtype, without importing torch here."""
+    torch = sys.modules[_torch_class(torch_optimizer).__module__.split(".")[0]]
+    return jnp.float64 if torch.get_default_dtype() == torch.float64 else jnp.float32
+
+
 def _group_kwargs(factory, group: dict) -> dict:
     accepted = inspect.signature(factory).parameters
     out = {}
@@ -175,6 +181,8 @@ def from_torch(
         kw = _group_kwargs(factory, group)
         if lr is not None:
             kw["lr"] = lr
+        if factory in (nadam, asgd):  # torch keeps these scalars in its default dtype
+            kw["torch_scalar_dtype"] = _torch_default_dtype(torch_optimizer)
         txs.append(factory(**kw))
     n = len(jax.tree.leaves(params))
     labels = [_FROZEN] * n

@@ -267,3 +267,27 @@ def test_state_from_torch_checks_shapes_and_the_optimizer_kind():
     with pytest.raises(ValueError, match=r"AdamState but the torch optimizer is torch.optim.SGD"):
         optim.state_to_torch(tx.init(params), sgd, params)
     assert not sgd.state  # nothing was written
+
+
+@pytest.mark.parametrize("name", ["NAdam", "ASGD"])
+def test_from_torch_follows_torchs_default_dtype(name):
+    # torch keeps NAdam's mu_product and ASGD's eta/mu in its default dtype.
+    grads = random_grads([(2, 3)], 30)
+    w0 = np.linspace(-1, 1, 6).reshape(2, 3)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        w = torch.tensor(w0, requires_grad=True)
+        opt = getattr(torch.optim, name)([w], lr=0.05, weight_decay=0.1)
+        tx = optim.from_torch(opt, [jnp.asarray(w0)])
+        for (g,) in grads:
+            w.grad = torch.tensor(g)
+            opt.step()
+    finally:
+        torch.set_default_dtype(previous)
+    params = [jnp.asarray(w0)]
+    state = tx.init(params)
+    for (g,) in grads:
+        u, state = tx.update([jnp.asarray(g)], state, params)
+        params = optax.apply_updates(params, u)
+    np.testing.assert_allclose(params[0], w.detach().numpy(), rtol=1e-13, atol=1e-15)
