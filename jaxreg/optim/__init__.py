@@ -10,6 +10,7 @@ from jaxreg.optim._adafactor import AdafactorState, adafactor
 from jaxreg.optim._adam import AdamaxState, AdamState, NAdamState, adam, adamax, adamw, nadam, radam
 from jaxreg.optim._asgd import ASGDState, asgd
 from jaxreg.optim._bridge import from_torch, state_from_torch, state_to_torch, state_with
+from jaxreg.optim._clip import ClipGradNormState, clip_grad_norm, clip_grad_value, get_total_norm
 from jaxreg.optim._fused_opt import FusedOptimizer, fused_adamw, fused_sgd
 from jaxreg.optim._muon import MuonState, muon, zeropower_via_newtonschulz
 from jaxreg.optim._rms import AdadeltaState, AdagradState, RMSpropState, adadelta, adagrad, rmsprop
@@ -28,6 +29,10 @@ __all__ = [
     "asgd",
     "adafactor",
     "muon",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "get_total_norm",
+    "ClipGradNormState",
     "fused_sgd",
     "fused_adamw",
     "FusedOptimizer",

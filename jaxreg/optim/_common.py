@@ -23,6 +23,7 @@ from jaxreg._tree import is_float_leaf, key_str, reject_module
 from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float, default_float_dtype
 from jaxreg.masks import MaskLike
 
+
 def check(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition`` (torch's ``__init__`` checks)."""
     if not condition:
