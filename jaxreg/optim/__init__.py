@@ -6,6 +6,7 @@ jaxreg mask language, and returns an ``optax.GradientTransformation`` whose
 trajectory equals torch's to float64 round-off.
 """
 
+from jaxreg.optim import lr_scheduler
 from jaxreg.optim._adafactor import AdafactorState, adafactor
 from jaxreg.optim._adam import AdamaxState, AdamState, NAdamState, adam, adamax, adamw, nadam, radam
 from jaxreg.optim._asgd import ASGDState, asgd
@@ -17,6 +18,7 @@ from jaxreg.optim._rms import AdadeltaState, AdagradState, RMSpropState, adadelt
 from jaxreg.optim._sgd import SGDState, sgd
 
 __all__ = [
+    "lr_scheduler",
     "sgd",
     "adam",
     "adamw",

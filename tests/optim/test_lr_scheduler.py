@@ -1,0 +1,223 @@
+"""jaxreg.optim.lr_scheduler against torch.optim.lr_scheduler itself: the value at step k
+is torch's get_last_lr() after k scheduler.step() calls, float64, over several cycles."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from torch.optim import lr_scheduler as T
+
+from jaxreg import optim
+from jaxreg.optim import lr_scheduler as J
+
+LR = 0.1
+# torch computes most schedules recursively (each lr from the last), jaxreg in closed
+# form: the two differ by accumulated float64 round-off, a few ulps per step at most.
+RTOL = 1e-12
+
+
+def _torch_lrs(make, n, lr=LR, **opt_kwargs):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, **opt_kwargs)
+    sched = make(opt)
+    out = [sched.get_last_lr()[0]]
+    for _ in range(n):
+        opt.step()
+        sched.step()
+        out.append(sched.get_last_lr()[0])
+    return np.array(out, dtype=np.float64)
+
+
+def _jax_lrs(schedule, n):
+    return np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(n + 1)))
+
+
+CASES = {
+    "step_lr": (lambda o: T.StepLR(o, 7, 0.5), lambda: J.step_lr(LR, 7, 0.5), 60),
+    "multi_step_lr": (
+        lambda o: T.MultiStepLR(o, [5, 12, 12, 30], 0.3),
+        lambda: J.multi_step_lr(LR, [30, 5, 12, 12], 0.3),
+        50,
+    ),
+    "constant_lr": (lambda o: T.ConstantLR(o, 0.3, 9), lambda: J.constant_lr(LR, 0.3, 9), 30),
+    "linear_lr": (
+        lambda o: T.LinearLR(o, 0.05, 0.9, 40),
+        lambda: J.linear_lr(LR, 0.05, 0.9, 40),
+        80,
+    ),
+    "exponential_lr": (lambda o: T.ExponentialLR(o, 0.97), lambda: J.exponential_lr(LR, 0.97), 300),
+    "polynomial_lr": (
+        lambda o: T.PolynomialLR(o, 50, 2.5),
+        lambda: J.polynomial_lr(LR, 50, 2.5),
+        80,
+    ),
+    # four half-periods past T_max: torch's schedule rises again
+    "cosine_annealing_lr": (
+        lambda o: T.CosineAnnealingLR(o, 25, 1e-3),
+        lambda: J.cosine_annealing_lr(LR, 25, 1e-3),
+        100,
+    ),
+    "cosine_annealing_lr_eta0": (
+        lambda o: T.CosineAnnealingLR(o, 16),
+        lambda: J.cosine_annealing_lr(LR, 16),
+        70,
+    ),
+    "warm_restarts": (
+        lambda o: T.CosineAnnealingWarmRestarts(o, 10, 1, 1e-4),
+        lambda: J.cosine_annealing_warm_restarts(LR, 10, 1, 1e-4),
+        45,
+    ),
+    "warm_restarts_tmult": (
+        lambda o: T.CosineAnnealingWarmRestarts(o, 3, 2, 1e-4),
+        lambda: J.cosine_annealing_warm_restarts(LR, 3, 2, 1e-4),
+        100,  # cycles of 3, 6, 12, 24, 48 steps
+    ),
+    "one_cycle_cos": (
+        lambda o: T.OneCycleLR(o, 0.4, total_steps=100, cycle_momentum=False),
+        lambda: J.one_cycle_lr(0.4, total_steps=100),
+        100,
+    ),
+    "one_cycle_linear_three_phase": (
+        lambda o: T.OneCycleLR(
+            o, 0.4, epochs=10, steps_per_epoch=9, pct_start=0.25, anneal_strategy="linear",
+            three_phase=True, cycle_momentum=False,
+        ),
+        lambda: J.one_cycle_lr(
+            0.4, epochs=10, steps_per_epoch=9, pct_start=0.25, anneal_strategy="linear",
+            three_phase=True,
+        ),
+        90,
+    ),  # fmt: skip
+    "cyclic_triangular": (
+        lambda o: T.CyclicLR(o, 0.01, 0.2, step_size_up=7, cycle_momentum=False),
+        lambda: J.cyclic_lr(0.01, 0.2, step_size_up=7),
+        60,
+    ),
+    "cyclic_triangular2": (
+        lambda o: T.CyclicLR(
+            o, 0.01, 0.2, step_size_up=5, step_size_down=9, mode="triangular2",
+            cycle_momentum=False,
+        ),
+        lambda: J.cyclic_lr(0.01, 0.2, step_size_up=5, step_size_down=9, mode="triangular2"),
+        60,
+    ),  # fmt: skip
+    "cyclic_exp_range": (
+        lambda o: T.CyclicLR(
+            o, 0.01, 0.2, step_size_up=6, mode="exp_range", gamma=0.98, cycle_momentum=False
+        ),
+        lambda: J.cyclic_lr(0.01, 0.2, step_size_up=6, mode="exp_range", gamma=0.98),
+        60,
+    ),
+    "lambda_lr": (
+        lambda o: T.LambdaLR(o, lambda e: 0.95**e * min(1.0, (e + 1) / 10)),
+        lambda: J.lambda_lr(LR, lambda e: 0.95**e * jnp.minimum(1.0, (e + 1) / 10)),
+        60,
+    ),
+    "multiplicative_lr": (
+        lambda o: T.MultiplicativeLR(o, lambda e: 0.9 if e % 3 == 0 else 1.01),
+        lambda: J.multiplicative_lr(LR, lambda e: jnp.where(e % 3 == 0, 0.9, 1.01)),
+        40,
+    ),
+    # the realistic recipe: linear warm-up, then cosine
+    "sequential_warmup_cosine": (
+        lambda o: T.SequentialLR(
+            o, [T.LinearLR(o, 0.01, 1.0, 10), T.CosineAnnealingLR(o, 40, 1e-4)], milestones=[10]
+        ),
+        lambda: J.sequential_lr(
+            [J.linear_lr(LR, 0.01, 1.0, 10), J.cosine_annealing_lr(LR, 40, 1e-4)], [10]
+        ),
+        120,
+    ),
+    "sequential_three": (
+        lambda o: T.SequentialLR(
+            o,
+            [T.ConstantLR(o, 0.2, 4), T.ExponentialLR(o, 0.9), T.StepLR(o, 5, 0.5)],
+            milestones=[6, 20],
+        ),
+        lambda: J.sequential_lr(
+            [J.constant_lr(LR, 0.2, 4), J.exponential_lr(LR, 0.9), J.step_lr(LR, 5, 0.5)],
+            [6, 20],
+        ),
+        50,
+    ),
+    "chained": (
+        lambda o: T.ChainedScheduler(
+            [T.ConstantLR(o, 0.5, 6), T.ExponentialLR(o, 0.95), T.MultiStepLR(o, [10, 25], 0.5)]
+        ),
+        lambda: J.chained_scheduler(
+            [
+                J.constant_lr(LR, 0.5, 6),
+                J.exponential_lr(LR, 0.95),
+                J.multi_step_lr(LR, [10, 25], 0.5),
+            ]
+        ),
+        60,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_schedule_equals_torchs_get_last_lr(name):
+    make_torch, make_jax, n = CASES[name]
+    ref = _torch_lrs(make_torch, n)
+    got = _jax_lrs(make_jax(), n)
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=1e-300)
+
+
+def test_schedule_from_torch_records_any_scheduler_and_restores_it():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    sched = T.LambdaLR(opt, lambda e: 1.0 / (1 + e) if e % 2 else 2.0)  # any Python code
+    s = J.schedule_from_torch(sched, 20)
+    assert opt.param_groups[0]["lr"] == 2 * LR and sched.last_epoch == 0  # restored
+    ref = _torch_lrs(lambda o: T.LambdaLR(o, lambda e: 1.0 / (1 + e) if e % 2 else 2.0), 20)
+    np.testing.assert_array_equal(_jax_lrs(s, 20), ref)
+    assert np.isnan(float(s(21)))  # past the recording: loud, not the last value
+
+
+def test_a_scheduled_optimizer_follows_torch():
+    """AdamW with warm-up + cosine: the lr reaches the decay term too (decoupled)."""
+    rng = np.random.default_rng(0)
+    w0, grads = rng.standard_normal((3, 4)), rng.standard_normal((40, 3, 4))
+    w = torch.tensor(w0, requires_grad=True)
+    opt = torch.optim.AdamW([w], lr=0.05, weight_decay=0.3)
+    sched = T.SequentialLR(
+        opt, [T.LinearLR(opt, 0.1, 1.0, 8), T.CosineAnnealingLR(opt, 32)], milestones=[8]
+    )
+    for g in grads:
+        w.grad = torch.tensor(g)
+        opt.step()
+        sched.step()
+    lr = J.sequential_lr([J.linear_lr(0.05, 0.1, 1.0, 8), J.cosine_annealing_lr(0.05, 32)], [8])
+    tx = optim.adamw(lr=lr, weight_decay=0.3)
+    p = jnp.asarray(w0)
+    state = tx.init(p)
+    for g in grads:
+        u, state = tx.update(jnp.asarray(g), state, p)
+        p = optax.apply_updates(p, u)
+    np.testing.assert_allclose(np.asarray(p), w.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_bad_arguments_are_refused():
+    for build, match in [
+        (lambda: J.step_lr(0.1, 0), "step_size"),
+        (lambda: J.constant_lr(0.1, 1.5), "between 0 and 1"),
+        (lambda: J.linear_lr(0.1, 0.0), "greater than 0"),
+        (lambda: J.cosine_annealing_warm_restarts(0.1, 5, 0), "T_mult"),
+        (lambda: J.one_cycle_lr(0.1), "total_steps OR"),
+        (lambda: J.one_cycle_lr(0.1, 100, pct_start=1), "pct_start"),
+        (lambda: J.cyclic_lr(0.01, 0.1, mode="sawtooth"), "mode is invalid"),
+        (lambda: J.sequential_lr([J.exponential_lr(0.1, 0.9)], [3]), "one more"),
+        (lambda: J.chained_scheduler([J.cosine_annealing_lr(0.1, 10)]), "schedule_from_torch"),
+        (lambda: J.step_lr("0.1", 3), "number"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build()
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    with pytest.raises(ValueError, match="metrics"):
+        J.schedule_from_torch(T.ReduceLROnPlateau(opt), 5)
+    assert math.isfinite(float(J.step_lr(0.1, 3)(jnp.int32(4))))
