@@ -4,7 +4,7 @@ Penalties are pure functions of parameter pytrees; decay and proximal steps are
 Optax gradient transformations; :mod:`jaxreg.masks` selects what is regularized.
 """
 
-from jaxreg import flat, masks, optim, prox
+from jaxreg import flat, masks, nn, optim, prox
 from jaxreg._decay import (
     ScheduleState,
     add_l1_decay,
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "flat",
     "masks",
+    "nn",
     "optim",
     "prox",
     "proximal",

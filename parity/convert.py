@@ -552,16 +552,19 @@ def module_map(
             problems.append(f"{name or '<root>'}: {kind} is not a supported layer type")
             continue
         cands = _candidates(parts)
-        hit = next((c for c in cands if c in flax_mods), None)
+        if kind == "MultiheadAttention":  # its leaves sit in query/key/value/out submodules
+            consumed.add(f"{name}.out_proj" if name else "out_proj")
+            hit = next((c for c in cands if (*c, "query") in flax_mods), None)
+        else:
+            hit = next((c for c in cands if c in flax_mods), None)
         if hit is None:
             tried = ", ".join("/".join(c) for c in cands[:4])
             problems.append(f"{name}: {kind} has no Flax module (tried {tried}); use rename=")
             continue
-        fl = flax_mods[hit]
+        fl = flax_mods.get(hit, {})
         key = (name + ".") if name else ""
         if kind == "MultiheadAttention":
             maps, errs = _mha(mod, key, hit, fl)
-            consumed.add(f"{name}.out_proj" if name else "out_proj")
             for sub in ("query", "key", "value", "out"):
                 used_flax.add((*hit, sub))
         else:
@@ -691,7 +694,7 @@ def from_torch(
     flat = {}
     for lm in mm.leaves:
         for path, arr in zip(lm.flax_paths, lm.to_flax(_np(sd[lm.torch_key]))):
-            flat[path] = np.ascontiguousarray(arr)
+            flat[path] = np.array(arr, order="C", copy=True)  # (ascontiguousarray makes 0-d 1-d)
     return _write_flax(flax_target, flat, mm.flax_kind)
 
 

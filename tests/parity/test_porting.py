@@ -1,0 +1,342 @@
+"""The porting kit on code the suite did not write: the examples (the tutorial's loop and a
+realistic recipe), a model the suite has never seen, and parity.compare's power to flag a
+port that differs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from flax import nnx
+
+import jaxreg
+import parity
+from parity import convert
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import digits  # noqa: E402
+import recipe_jax  # noqa: E402
+import recipe_torch  # noqa: E402
+import tutorial_jax  # noqa: E402
+import tutorial_torch  # noqa: E402
+
+DATA = digits.load()
+
+
+def _tutorial(epochs=2):
+    tm, torch_step, stats = tutorial_torch.make()
+    model = convert.from_torch(tm, tutorial_jax.Net())  # the same starting weights
+    state, jax_step, graphdef = tutorial_jax.make(model)
+    report = parity.compare(
+        tm, lambda b: torch_step(*b), state, jax_step,
+        digits.batches(*DATA[:2], epochs=epochs),
+        jax_variables=lambda s: nnx.merge(graphdef, s[0]),
+        torch_batch=tutorial_torch.to_torch,
+        jax_batch=lambda b: (jnp.asarray(b[0]), jnp.asarray(b[1])),
+    )  # fmt: skip
+    return report, stats, report.jax_state
+
+
+def test_tutorial_loop_ported_with_jaxreg_matches_torch(tmp_path):
+    report, stats, state = _tutorial()
+    assert report.passed, report.summary()
+    assert report.max_dloss <= 1e-10 and len(report.steps) == 2 * (1347 // 64)
+    assert stats["correct"] == int(state[2])  # the same predictions, step by step
+    written = report.write(tmp_path)
+    assert (tmp_path / "compare.png").stat().st_size > 0 and len(written) == 3
+    assert "PASS" in (tmp_path / "report.md").read_text()
+
+
+def _recipe(dtype, n_batches=None, port=recipe_jax.make, **compare_kw):
+    tdt = getattr(torch, dtype)
+    tm, topt, torch_step, stats = recipe_torch.make(dtype=tdt)
+    x0 = torch.zeros((1, 1, 8, 8), dtype=tdt)
+    template = recipe_jax.CNN(jnp.dtype(dtype)).init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 1), dtype), train=False
+    )
+    variables = convert.from_torch(tm, template, example_input=x0)
+    state, jax_step, model = port(variables, dtype=jnp.dtype(dtype))
+    batches = digits.batches(*DATA[:2], recipe_torch.BATCH, recipe_torch.EPOCHS)[:n_batches]
+    report = parity.compare(
+        tm, lambda b: torch_step(*b), state, jax_step, batches,
+        jax_variables=lambda s: s[0],
+        torch_batch=lambda b: recipe_torch.to_torch(b, tdt),
+        jax_batch=lambda b: (jnp.asarray(b[0][..., None], dtype), jnp.asarray(b[1])),
+        torch_optimizer=topt, jax_opt_state=lambda s: s[1],
+        dtype=dtype, example_input=x0, **compare_kw,
+    )  # fmt: skip
+    return report, tm, stats, model, report.jax_state
+
+
+def test_realistic_recipe_ported_with_the_kit_matches_torch_in_float64():
+    report, tm, stats, model, state = _recipe("float64")
+    assert report.passed, report.summary()
+    assert report.max_dloss <= 1e-10
+    assert len(report.steps) == recipe_torch.TOTAL_STEPS
+    # BatchNorm running statistics and AdamW's moments were compared at every step
+    assert report.leaf_max["batch_stats/bn1/var"] <= 1e-10
+    assert any(k.startswith("exp_avg_sq:") for k in report.leaf_max)
+    assert stats["correct"] == int(state[2])
+    # eval mode on the test set (running statistics)
+    x_test = DATA[2]
+    tm.eval()
+    with torch.no_grad():
+        ref = tm(torch.tensor(x_test[:, None])).numpy()
+    got = np.asarray(model.apply(state[0], jnp.asarray(x_test[..., None]), train=False))
+    assert parity.compare_rel_diff(got, ref) <= 1e-10
+
+
+def test_realistic_recipe_in_float32_stays_within_the_float32_tolerance():
+    report, *_ = _recipe("float32", n_batches=30)
+    assert report.passed, report.summary()
+
+
+def test_compare_flags_a_port_that_differs():
+    """Power: the same port with Optax's clipping instead of torch's (the 1e-6 in torch's
+    coefficient) is flagged, at a named step and leaf."""
+
+    def optax_clip_port(variables, dtype):
+        state, _, model = recipe_jax.make(variables, dtype)
+        orig = jaxreg.optim.clip_grad_norm
+        try:
+            jaxreg.optim.clip_grad_norm = optax.clip_by_global_norm
+            return recipe_jax.make(variables, dtype)
+        finally:
+            jaxreg.optim.clip_grad_norm = orig
+
+    report, *_ = _recipe("float64", n_batches=15, port=optax_clip_port)
+    assert not report.passed
+    step, what = report.divergence
+    assert step <= 5 and ("params/" in what or "loss" in what or "state" in what)
+    assert "FAIL" in report.summary() and f"step {step}" in report.summary()
+
+
+# --- a model the suite has never seen: a ResNet-style block stack (nnx) ----------------
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(c)
+        self.conv2 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(y)))
+
+
+class TorchResNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.blocks = torch.nn.ModuleList([TorchBlock(6), TorchBlock(6)])
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.head = torch.nn.Linear(6, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.pool(x).flatten(1))
+
+
+class NnxBlock(nnx.Module):
+    def __init__(self, c, rngs):
+        kw = dict(padding=((1, 1), (1, 1)), use_bias=False, param_dtype=jnp.float64, rngs=rngs)
+        self.conv1 = nnx.Conv(c, c, (3, 3), **kw)
+        self.bn1 = jaxreg.nn.NnxBatchNorm(c, param_dtype=jnp.float64)
+        self.conv2 = nnx.Conv(c, c, (3, 3), **kw)
+        self.bn2 = jaxreg.nn.NnxBatchNorm(c, param_dtype=jnp.float64)
+
+    def __call__(self, x):
+        y = jax.nn.relu(self.bn1(self.conv1(x)))
+        return jax.nn.relu(x + self.bn2(self.conv2(y)))
+
+
+class NnxResNet(nnx.Module):
+    def __init__(self, rngs=None):
+        rngs = rngs or nnx.Rngs(0)
+        f64 = dict(param_dtype=jnp.float64, rngs=rngs)
+        self.stem = nnx.Conv(1, 6, (3, 3), padding=((1, 1), (1, 1)), **f64)
+        self.blocks = nnx.List([NnxBlock(6, rngs), NnxBlock(6, rngs)])
+        self.head = nnx.Linear(6, 10, **f64)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.stem(x))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+def test_a_model_the_suite_has_never_seen_converts_and_trains_identically():
+    torch.manual_seed(3)
+    tm = TorchResNet().double()
+    x0 = torch.zeros((2, 1, 8, 8), dtype=torch.float64)
+    model = convert.from_torch(tm, NnxResNet(), example_input=x0)  # no spec list
+    opt = torch.optim.SGD(tm.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+
+    def torch_step(b):
+        x, y = b
+        tm.train()
+        loss = torch.nn.functional.cross_entropy(tm(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = jaxreg.optim.sgd(lr=0.05, momentum=0.9, weight_decay=1e-3)
+
+    @jax.jit
+    def jax_step(state, b):
+        params, rest, opt_state = state
+        m = nnx.merge(graphdef, params, rest)
+
+        def loss_fn(m):
+            logits = m(b[0])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, b[1]).mean()
+
+        loss, g = nnx.value_and_grad(loss_fn)(m)  # BatchNorm updates its statistics in m
+        u, opt_state = tx.update(g, opt_state, params)
+        return (optax.apply_updates(params, u), nnx.state(m, nnx.BatchStat), opt_state), loss
+
+    report = parity.compare(
+        tm, torch_step, (params, rest, tx.init(params)), jax_step,
+        digits.batches(*DATA[:2], 32)[:25],
+        jax_variables=lambda s: nnx.merge(graphdef, s[0], s[1]),
+        torch_batch=lambda b: (torch.tensor(b[0][:, None]), torch.tensor(b[1])),
+        jax_batch=lambda b: (jnp.asarray(b[0][..., None]), jnp.asarray(b[1])),
+        torch_optimizer=opt, jax_opt_state=lambda s: s[2], example_input=x0,
+    )  # fmt: skip
+    assert report.passed, report.summary()
+    assert report.leaf_max["batch_stats/blocks/1/bn2/num_batches_tracked"] == 0.0
+    assert any(k.startswith("momentum_buffer:") for k in report.leaf_max)
+
+
+def test_converter_round_trip_is_bitwise_and_keeps_dtypes():
+    torch.manual_seed(4)
+    tm = TorchResNet().double()
+    with torch.no_grad():
+        for b in tm.blocks:
+            b.bn1.running_var.uniform_(0.5, 2.0)
+            b.bn1.num_batches_tracked.fill_(7)
+    x0 = torch.zeros((2, 1, 8, 8), dtype=torch.float64)
+    model = convert.from_torch(tm, NnxResNet(), example_input=x0)
+    assert model.blocks[0].bn1.var.get_value().dtype == jnp.float64
+    assert int(model.blocks[0].bn1.num_batches_tracked.get_value()) == 7
+    tm2 = TorchResNet().double()
+    convert.to_torch(model, tm2, example_input=x0)
+    for k, v in tm.state_dict().items():
+        assert torch.equal(v, tm2.state_dict()[k]), k
+    model.eval()
+    tm.eval()
+    x = np.random.default_rng(0).random((5, 8, 8))
+    ref = tm(torch.tensor(x[:, None])).detach().numpy()
+    assert parity.compare_rel_diff(np.asarray(model(jnp.asarray(x[..., None]))), ref) <= 1e-12
+
+
+def test_multihead_attention_maps_onto_flax_attention():
+    """nn.TransformerEncoderLayer (attention, feed-forward, two LayerNorms) vs its nnx twin."""
+    torch.manual_seed(5)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).double()
+
+    class Twin(nnx.Module):
+        def __init__(self, rngs=None):
+            rngs = rngs or nnx.Rngs(0)
+            f64 = dict(param_dtype=jnp.float64, rngs=rngs)
+            self.self_attn = nnx.MultiHeadAttention(
+                2, 8, decode=False, attention_fn=jaxreg.nn.dot_product_attention, **f64
+            )
+            self.linear1 = nnx.Linear(8, 16, **f64)
+            self.linear2 = nnx.Linear(16, 8, **f64)
+            ln = dict(epsilon=1e-5, use_fast_variance=False, **f64)
+            self.norm1, self.norm2 = nnx.LayerNorm(8, **ln), nnx.LayerNorm(8, **ln)
+
+        def __call__(self, x):
+            x = self.norm1(x + self.self_attn(x))
+            return self.norm2(x + self.linear2(jax.nn.relu(self.linear1(x))))
+
+    twin = convert.from_torch(layer, Twin())
+    x = np.random.default_rng(1).standard_normal((3, 5, 8))
+    ref = layer(torch.tensor(x)).detach().numpy()  # training mode, dropout 0: deterministic
+    assert parity.compare_rel_diff(np.asarray(twin(jnp.asarray(x))), ref) <= 1e-12
+    # Flax's default attention (jax.nn.dot_product_attention: softmax in float32) is not
+    stock = convert.from_torch(layer, Twin())
+    stock.self_attn.attention_fn = nnx.dot_product_attention
+    assert parity.compare_rel_diff(np.asarray(stock(jnp.asarray(x))), ref) > 1e-9
+    back = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).double()
+    convert.to_torch(twin, back)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+
+
+def test_converter_names_every_module_that_does_not_fit():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.Linear(4, 3)
+            self.act = torch.nn.PReLU()  # has a parameter, no rule
+            self.out = torch.nn.Linear(3, 2)
+
+    class FlaxOdd(nnx.Module):
+        def __init__(self, rngs=None):
+            rngs = rngs or nnx.Rngs(0)
+            self.fc1 = nnx.Linear(4, 3, rngs=rngs)
+            self.head = nnx.Linear(3, 2, rngs=rngs)  # named differently
+
+    with pytest.raises(ValueError) as e:
+        convert.from_torch(Odd(), FlaxOdd())
+    msg = str(e.value)
+    assert "act: PReLU is not a supported layer type" in msg
+    assert "out: Linear has no Flax module (tried out" in msg
+    assert "Flax leaf head/kernel is filled by no torch tensor" in msg
+    ok = convert.module_map(Odd().fc1, nnx.Linear(4, 3, rngs=nnx.Rngs(0)))
+    assert [lm.torch_key for lm in ok.leaves] == ["weight", "bias"]
+    with pytest.raises(ValueError, match="pass example_input="):
+        convert.from_torch(TorchResNet(), NnxResNet())
+    renamed = torch.nn.Sequential()
+    renamed.add_module("fc1", torch.nn.Linear(4, 3))
+    renamed.add_module("out", torch.nn.Linear(3, 2))
+    convert.from_torch(renamed, FlaxOdd(), rename={"out": "head"})  # an explicit map
+
+
+# --- the torch-semantics BatchNorm ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{}, {"momentum": None}, {"affine": False}, {"momentum": 0.3}])
+def test_jaxreg_batchnorm_is_torchs(kw):
+    torch.manual_seed(0)
+    tbn = torch.nn.BatchNorm2d(4, **kw).double()
+    jbn = jaxreg.nn.NnxBatchNorm(4, param_dtype=jnp.float64, **kw)
+    lbn = jaxreg.nn.BatchNorm(4, param_dtype=jnp.float64, **kw)
+    lv = lbn.init(jax.random.key(0), jnp.zeros((1, 4)), train=False)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = rng.standard_normal((6, 3, 3, 4)) * 2 + 1
+        ref = tbn(torch.tensor(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(np.asarray(jbn(jnp.asarray(x))), ref, rtol=1e-12, atol=1e-13)
+        y, upd = lbn.apply(lv, jnp.asarray(x), train=True, mutable=["batch_stats"])
+        lv = {**lv, **upd}
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(jbn.var.get_value(), tbn.running_var.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(lv["batch_stats"]["mean"], tbn.running_mean.numpy(), atol=1e-15)
+    assert int(jbn.num_batches_tracked.get_value()) == int(tbn.num_batches_tracked) == 4
+    tbn.eval()
+    jbn.eval()
+    x = rng.standard_normal((2, 3, 3, 4))
+    ref = tbn(torch.tensor(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np.asarray(jbn(jnp.asarray(x))), ref, rtol=1e-12, atol=1e-13)
+    # Flax's own BatchNorm (momentum 0.99 of the old value, biased running variance) is not
+    fbn = nnx.BatchNorm(4, rngs=nnx.Rngs(0))  # its statistics are float32
+    fbn(jnp.asarray(rng.standard_normal((6, 3, 3, 4)), jnp.float32))
+    assert abs(float(fbn.var.get_value()[0]) - float(jbn.var.get_value()[0])) > 1e-3
