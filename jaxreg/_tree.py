@@ -113,3 +113,24 @@ def reject_module(tree: Any, who: str) -> None:
         "state (BatchNorm running statistics, RNG counts), which would be treated as "
         "weights. Pass nnx.state(model, nnx.Param) instead"
     )
+
+
+def torch_name_candidates(parts: list[str] | tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Flax module paths a torch module name may have, most likely first.
+
+    ``"a.0.b"`` (torch's ``named_modules()`` name, split) -> ``a/0/b`` (nnx lists, nested
+    dicts), ``a/layers/0/b`` (nnx ``Sequential``), ``a/layers_0/b`` (linen
+    ``Sequential``), ``a_0/b`` (a linen list attribute).
+    """
+    options: list[tuple[str, ...]] = [()]
+    for p in parts:
+        step = []
+        for prefix in options:
+            if p.isdigit():
+                step += [(*prefix, p), (*prefix, "layers", p), (*prefix, f"layers_{p}")]
+                if prefix:
+                    step.append((*prefix[:-1], f"{prefix[-1]}_{p}"))
+            else:
+                step.append((*prefix, p))
+        options = step
+    return list(dict.fromkeys(options))

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxreg._tree import torch_name_candidates
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -352,28 +354,6 @@ def _rules(kind: str, chw) -> list[tuple[str, str, str, Any, Any]]:
     raise AssertionError(kind)  # pragma: no cover
 
 
-def _candidates(parts: list[str]) -> list[tuple[str, ...]]:
-    """Flax paths a torch module name may have: "a.0.b" -> a/0/b, a_0/b, a/layers_0/b,
-    a/layers/0/b (nnx lists, linen list attributes, linen/nnx Sequential)."""
-    options: list[list[tuple[str, ...]]] = [[()]]
-    for p in parts:
-        step = []
-        for prefix in options[-1]:
-            if p.isdigit():
-                step += [(*prefix, p), (*prefix, "layers", p), (*prefix, f"layers_{p}")]
-                if prefix:
-                    step.append((*prefix[:-1], f"{prefix[-1]}_{p}"))
-            else:
-                step.append((*prefix, p))
-        options.append(step)
-    seen, out = set(), []
-    for c in options[-1]:
-        if c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
-
-
 def _flax_modules(target: Any) -> tuple[dict[tuple[str, ...], dict[str, tuple[str, Any]]], str]:
     """``{module path: {leaf: (collection, array)}}`` of a linen variables dict or nnx module."""
     mods: dict[tuple[str, ...], dict[str, tuple[str, Any]]] = {}
@@ -551,7 +531,7 @@ def module_map(
         if kind not in _SUPPORTED:
             problems.append(f"{name or '<root>'}: {kind} is not a supported layer type")
             continue
-        cands = _candidates(parts)
+        cands = torch_name_candidates(parts)
         if kind == "MultiheadAttention":  # its leaves sit in query/key/value/out submodules
             consumed.add(f"{name}.out_proj" if name else "out_proj")
             hit = next((c for c in cands if (*c, "query") in flax_mods), None)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from jaxreg._decay import ScheduleState
-from jaxreg._tree import leaf_paths, path_str
+from jaxreg._tree import leaf_paths, path_str, torch_name_candidates
 from jaxreg.optim._adafactor import AdafactorState, adafactor
 from jaxreg.optim._adam import AdamaxState, AdamState, NAdamState, adam, adamax, adamw, nadam, radam
 from jaxreg.optim._asgd import ASGDState, asgd
@@ -94,8 +94,56 @@ def _group_kwargs(factory, group: dict) -> dict:
     return out
 
 
-def _leaf_index(torch_optimizer: Any, params: Any, paths: list[str] | None) -> list[list[int]]:
-    """For each torch param group, the jax leaf index of each of its parameters."""
+_LEAF_NAMES = {"weight": ("kernel", "scale", "embedding", "weight"), "bias": ("bias",)}
+
+
+def _paths_by_module(torch_optimizer: Any, params: Any, module: Any) -> list[str]:
+    """The Flax leaf path of every torch parameter (group by group), by module name.
+
+    ``fc1.weight`` is looked for as ``fc1/kernel``, ``fc1/scale``, ``fc1/embedding`` (and
+    the list/``Sequential`` spellings of :func:`jaxreg._tree.torch_name_candidates`); the
+    leaf must have the parameter's number of elements. Nothing is paired by position.
+    """
+    by_path = {p: leaf for p, leaf in zip(leaf_paths(params), jax.tree.leaves(params))}
+    names = {id(t): n for n, t in module.named_parameters()}
+    out, problems = [], []
+    for g in torch_optimizer.param_groups:
+        for t in g["params"]:
+            name = names.get(id(t))
+            if name is None:
+                problems.append(f"a parameter of shape {tuple(t.shape)} is not in the module")
+                continue
+            *mod, attr = name.split(".")
+            tried = [
+                (*c, leaf)
+                for c in torch_name_candidates(mod)
+                for leaf in _LEAF_NAMES.get(attr, (attr,))
+            ]
+            hits = [c for c in tried if c in by_path and np.size(by_path[c]) == t.numel()]
+            if len(hits) == 1:
+                out.append(path_str(hits[0]))
+            elif not hits:
+                problems.append(
+                    f"{name}: no leaf of {t.numel()} elements at "
+                    f"{', '.join(path_str(c) for c in tried[:6])}"
+                )
+            else:
+                problems.append(f"{name}: several leaves fit ({[path_str(h) for h in hits]})")
+    if problems:
+        raise ValueError(
+            "from_torch: torch parameters without their Flax leaf (pass paths= for these "
+            "models): " + "; ".join(problems)
+        )
+    return out
+
+
+def _leaf_index(
+    torch_optimizer: Any, params: Any, paths: list[str] | None, layout_free: bool = False
+) -> list[list[int]]:
+    """For each torch param group, the jax leaf index of each of its parameters.
+
+    ``layout_free``: compare element counts, not shapes (leaves in Flax's layout).
+    """
     leaves = jax.tree.leaves(params)
     names = [path_str(p) for p in leaf_paths(params)]
     groups = [list(g["params"]) for g in torch_optimizer.param_groups]
@@ -126,7 +174,12 @@ def _leaf_index(torch_optimizer: Any, params: Any, paths: list[str] | None) -> l
     for g in groups:
         idx = flat[k : k + len(g)]
         for t, i in zip(g, idx):
-            if tuple(t.shape) != tuple(np.shape(leaves[i])):
+            fits = (
+                t.numel() == np.size(leaves[i])
+                if layout_free
+                else tuple(t.shape) == tuple(np.shape(leaves[i]))
+            )
+            if not fits:
                 bad.append(
                     f"{names[i]}: jax {tuple(np.shape(leaves[i]))} vs torch {tuple(t.shape)}"
                 )
@@ -138,7 +191,12 @@ def _leaf_index(torch_optimizer: Any, params: Any, paths: list[str] | None) -> l
 
 
 def from_torch(
-    torch_optimizer: Any, params: Any, paths: list[str] | None = None, lr: Any = None
+    torch_optimizer: Any,
+    params: Any,
+    paths: list[str] | None = None,
+    lr: Any = None,
+    *,
+    module: Any = None,
 ) -> optax.GradientTransformation:
     """The jaxreg.optim transform equivalent to a live ``torch.optim`` optimizer.
 
@@ -153,6 +211,12 @@ def from_torch(
       paths: for each torch parameter (group by group, in order), the "/"-joined path
         of its leaf in ``params``; default: the leaves of ``params`` in
         ``jax.tree.leaves`` order are the torch parameters in order. Shapes must match.
+      module: the torch module whose parameters the optimizer holds, to pair them with
+        the leaves of a Flax model *by name* (``fc1.weight`` -> ``fc1/kernel``; lists and
+        ``Sequential`` spelled as nnx or linen name them; the leaf must have as many
+        elements -- Flax's layout may differ). Instead of ``paths``. The optimizer-state
+        converters do not take it: a state in torch's layout needs the model's layout
+        rules (``parity.convert``).
       lr: optional learning rate or Optax schedule replacing every group's current
         ``lr``. Required when a torch LR scheduler is attached (a group holds
         ``initial_lr``): the scheduler is a separate object, and its current lr is not
@@ -168,7 +232,11 @@ def from_torch(
         without ``lr=``.
     """
     factory = _factory(torch_optimizer)
-    index = _leaf_index(torch_optimizer, params, paths)
+    if module is not None:
+        if paths is not None:
+            raise ValueError("from_torch: pass paths= or module=, not both")
+        paths = _paths_by_module(torch_optimizer, params, module)
+    index = _leaf_index(torch_optimizer, params, paths, layout_free=module is not None)
     txs = []
     for gi, group in enumerate(torch_optimizer.param_groups):
         if lr is None and "initial_lr" in group:

@@ -291,3 +291,48 @@ def test_from_torch_follows_torchs_default_dtype(name):
         u, state = tx.update([jnp.asarray(g)], state, params)
         params = optax.apply_updates(params, u)
     np.testing.assert_allclose(params[0], w.detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_from_torch_pairs_a_flax_model_by_module_name():
+    """AdamW with a no-decay group on a torch CNN; the Flax twin's leaves are in alphabetical
+    order and transposed layouts: pairing by position cannot work, by name it does."""
+    from parity import convert, models
+
+    torch.manual_seed(0)
+    tm = models.torch_model("cnn_bn").double()
+    decay = [p for p in tm.parameters() if p.ndim >= 2]
+    rest = [p for p in tm.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=0.01)
+    fm = models.flax_model("cnn_bn", jnp.float64)
+    x = np.zeros((1, 8, 8))
+    tmpl = fm.init(jax.random.key(0), jnp.asarray(models.flax_input(x)), train=False)
+    variables = convert.from_torch(tm, tmpl, example_input=torch.tensor(models.torch_input(x)))
+    params = variables["params"]
+    with pytest.raises(ValueError, match="parameter shapes do not fit"):
+        optim.from_torch(opt, params)  # by position: alphabetical leaves, transposed kernels
+    tx = optim.from_torch(opt, params, module=tm)
+    # one step on the same gradients (converted to Flax's layout) == torch's step
+    rng = np.random.default_rng(0)
+    for p in tm.parameters():
+        p.grad = torch.tensor(rng.standard_normal(p.shape))
+    grads = convert.from_torch(
+        _grads_as_module(tm), tmpl, example_input=torch.tensor(models.torch_input(x))
+    )["params"]
+    u, _ = tx.update(grads, tx.init(params), params)
+    opt.step()
+    ref = convert.from_torch(tm, tmpl, example_input=torch.tensor(models.torch_input(x)))
+    got = optax.apply_updates(params, u)
+    assert_trees_close(got, ref["params"], atol=1e-14)
+    with pytest.raises(ValueError, match="paths= or module="):
+        optim.from_torch(opt, params, paths=["a"], module=tm)
+
+
+def _grads_as_module(tm):
+    """A copy of the module whose parameters hold its .grad values (for the converter)."""
+    import copy
+
+    g = copy.deepcopy(tm)
+    with torch.no_grad():
+        for p, q in zip(tm.parameters(), g.parameters()):
+            q.copy_(p.grad)
+    return g
