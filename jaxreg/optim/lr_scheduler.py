@@ -31,11 +31,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxreg._validate import default_float_dtype
 
@@ -55,6 +56,8 @@ __all__ = [
     "sequential_lr",
     "chained_scheduler",
     "schedule_from_torch",
+    "reduce_lr_on_plateau",
+    "PlateauState",
 ]
 
 Schedule = Callable[[Any], jax.Array]
@@ -487,3 +490,111 @@ def schedule_from_torch(scheduler: Any, num_steps: int, group: int = 0) -> Sched
         return jnp.asarray(table, k.dtype)[idx]
 
     return _TorchSchedule(f"schedule_from_torch({type(scheduler).__name__})", values[0], fn)
+
+
+class PlateauState(NamedTuple):
+    """:func:`reduce_lr_on_plateau`'s state; field names are torch's attributes."""
+
+    lr: jax.Array  # the current lr (torch: param_group["lr"])
+    best: jax.Array
+    num_bad_epochs: jax.Array
+    cooldown_counter: jax.Array
+    last_epoch: jax.Array  # scheduler.step(metric) calls so far
+
+
+def reduce_lr_on_plateau(
+    lr: float,
+    mode: str = "min",
+    factor: float = 0.1,
+    patience: int = 10,
+    threshold: float = 1e-4,
+    threshold_mode: str = "rel",
+    cooldown: int = 0,
+    min_lr: float = 0.0,
+    eps: float = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""``ReduceLROnPlateau`` as an Optax transform: chain it *after* the optimizer.
+
+    ``update(updates, state, params, metric=m)`` first does what torch's
+    ``scheduler.step(m)`` does, then scales the update by ``state.lr / lr``; without
+    ``metric`` it only scales. Pass the metric with the first update after you measured
+    it -- where torch calls ``scheduler.step(val_loss)`` between two ``optimizer.step()``
+    calls. torch's step::
+
+        better = (metric < best * (1 - threshold)  if mode == "min" and threshold_mode == "rel"
+                  metric < best - threshold        if mode == "min" and "abs"
+                  metric > best * (1 + threshold)  if mode == "max" and "rel"
+                  metric > best + threshold        if mode == "max" and "abs")
+        if better: best = metric; num_bad_epochs = 0
+        else:      num_bad_epochs += 1
+        if cooldown_counter > 0: cooldown_counter -= 1; num_bad_epochs = 0
+        if num_bad_epochs > patience:
+            new_lr = max(lr * factor, min_lr)
+            if lr - new_lr > eps: lr = new_lr
+            cooldown_counter = cooldown; num_bad_epochs = 0
+
+    Scaling the update equals running the optimizer at the reduced lr when its update is
+    proportional to the lr: SGD (momentum, Nesterov), the Adam family with coupled or
+    decoupled decay, RMSprop, Adagrad, Adadelta, Muon. Not for ASGD and Adafactor, whose
+    lr enters nonlinearly.
+
+    Args:
+      lr: the optimizer's lr (the one its transform was built with).
+      mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps: torch's.
+
+    Returns:
+      A transform whose ``update`` takes an optional ``metric``; its state is a
+      :class:`PlateauState` (``state.lr``: torch's ``get_last_lr()[0]``).
+
+    Raises:
+      ValueError: as torch (``factor >= 1``, unknown mode or threshold mode), and for a
+        negative ``patience``/``cooldown``.
+    """
+    lr = _lr(lr)
+    if factor >= 1.0:
+        raise ValueError("Factor should be < 1.0.")
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode {mode} is unknown!")
+    if threshold_mode not in ("rel", "abs"):
+        raise ValueError(f"threshold mode {threshold_mode} is unknown!")
+    for name, v in (("patience", patience), ("cooldown", cooldown)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+
+    def is_better(a, best):
+        if mode == "min":
+            return a < (best * (1.0 - threshold) if threshold_mode == "rel" else best - threshold)
+        return a > (best * (threshold + 1.0) if threshold_mode == "rel" else best + threshold)
+
+    def init_fn(params):
+        del params
+        f = default_float_dtype()
+        worse = jnp.inf if mode == "min" else -jnp.inf
+        zero = jnp.zeros((), jnp.int32)
+        return PlateauState(jnp.asarray(lr, f), jnp.asarray(worse, f), zero, zero, zero)
+
+    def step(state, metric):
+        current = jnp.asarray(metric, state.best.dtype)
+        better = is_better(current, state.best)
+        best = jnp.where(better, current, state.best)
+        bad = jnp.where(better, 0, state.num_bad_epochs + 1)
+        in_cooldown = state.cooldown_counter > 0
+        cool = jnp.where(in_cooldown, state.cooldown_counter - 1, state.cooldown_counter)
+        bad = jnp.where(in_cooldown, 0, bad)
+        reduce = bad > patience
+        new_lr = jnp.maximum(state.lr * factor, min_lr)
+        lr_t = jnp.where(reduce & (state.lr - new_lr > eps), new_lr, state.lr)
+        cool = jnp.where(reduce, cooldown, cool)
+        bad = jnp.where(reduce, 0, bad)
+        return PlateauState(lr_t, best, bad, cool, state.last_epoch + 1)
+
+    def update_fn(updates, state, params=None, *, metric=None, **extra):
+        del params, extra
+        if metric is not None:
+            state = step(state, metric)
+        scale = state.lr / lr
+        out = jax.tree.map(lambda u: u * scale.astype(u.dtype) if jnp.issubdtype(
+            u.dtype, jnp.floating) else u, updates)  # fmt: skip
+        return out, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

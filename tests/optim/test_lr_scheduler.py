@@ -221,3 +221,56 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="metrics"):
         J.schedule_from_torch(T.ReduceLROnPlateau(opt), 5)
     assert math.isfinite(float(J.step_lr(0.1, 3)(jnp.int32(4))))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"patience": 3},
+        {"mode": "max", "threshold_mode": "abs", "threshold": 0.01, "patience": 2, "cooldown": 3},
+        {"factor": 0.5, "patience": 1, "min_lr": 0.004, "cooldown": 1},
+    ],
+)
+def test_reduce_lr_on_plateau_follows_torch(kw):
+    """SGD with momentum, the metric fed once per 'epoch' of 3 steps, plateaus included."""
+    rng = np.random.default_rng(1)
+    w0, grads = rng.standard_normal(5), rng.standard_normal((60, 5))
+    # a metric that improves, stalls, improves a little (below the threshold), jumps
+    metrics = np.concatenate([np.linspace(1.0, 0.5, 5), np.full(6, 0.5), [0.49999, 0.3, 0.3, 0.3,
+                             0.31, 0.2, 0.2, 0.2, 0.2, 0.2]])  # fmt: skip
+    if kw.get("mode") == "max":
+        metrics = -metrics
+    w = torch.tensor(w0, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.05, momentum=0.9)
+    sched = T.ReduceLROnPlateau(opt, **kw)
+    tx = optax.chain(optim.sgd(0.05, momentum=0.9), J.reduce_lr_on_plateau(0.05, **kw))
+    p = jnp.asarray(w0)
+    state = tx.init(p)
+    step = jax.jit(lambda g, s, p, m: tx.update(g, s, p, metric=m))
+    plain = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    lrs_t, lrs_j = [], []
+    for k, g in enumerate(grads):
+        w.grad = torch.tensor(g)
+        opt.step()
+        epoch_end = k % 3 == 2
+        if epoch_end:
+            sched.step(metrics[k // 3])
+        # JAX: the metric goes with the next update (torch's step() sits between two steps)
+        if k % 3 == 0 and k > 0:
+            u, state = step(jnp.asarray(g), state, p, metrics[k // 3 - 1])
+        else:
+            u, state = plain(jnp.asarray(g), state, p)
+        p = optax.apply_updates(p, u)
+        lrs_t.append(sched.get_last_lr()[0])
+        lrs_j.append(float(state[1].lr))
+    # the JAX state lags by one update where the metric arrives with the next update
+    assert lrs_j[3::3] == lrs_t[2:-1:3]
+    assert len(set(lrs_t)) >= 2  # the lr did drop
+    np.testing.assert_allclose(np.asarray(p), w.detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_reduce_lr_on_plateau_refuses_what_torch_refuses():
+    for kw, match in [({"factor": 1.0}, "Factor"), ({"mode": "up"}, "mode"),
+                      ({"threshold_mode": "x"}, "threshold mode"), ({"patience": -1}, "patience")]:
+        with pytest.raises(ValueError, match=match):
+            J.reduce_lr_on_plateau(0.1, **kw)
