@@ -44,9 +44,11 @@ def adam_step_scalars(lr, b1, b2, count):
 
 def scale_by_torch_adam(lr, betas, eps, amsgrad) -> optax.GradientTransformation:
     """torch Adam's moments, bias correction and ``-lr`` step (no decay)."""
-    b1, b2 = betas
+    beta1, b2 = betas
 
     def update_fn(updates, state, params=None):
+        # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
+        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
         _, step_size, bc2_sqrt = adam_step_scalars(lr, b1, b2, state.count)
 
         def leaf(g, m, v, vmax=None):
@@ -113,8 +115,11 @@ def adam(
 
     Args:
       lr: learning rate, float or Optax schedule.
-      betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay: as in torch.
-      foreach, capturable, differentiable, fused: torch kernel choices; accepted, ignored.
+      betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay: as in torch;
+        ``betas[0]`` may be a schedule of the step count (what ``OneCycleLR``/``CyclicLR``
+        with ``cycle_momentum=True`` set in torch: ``lr_scheduler.one_cycle_momentum``).
+      foreach, capturable, fused: torch kernel choices; accepted, ignored.
+      differentiable: refused when True (torch's numbers change on that path).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

@@ -21,25 +21,28 @@ class SGDState(NamedTuple):
 
 
 def scale_by_torch_sgd(
-    lr: ScalarOrSchedule, momentum: float, dampening: float, nesterov: bool
+    lr: ScalarOrSchedule, momentum: ScalarOrSchedule, dampening: float, nesterov: bool
 ) -> optax.GradientTransformation:
     """torch SGD's momentum and ``-lr`` scaling (the gradient prelude runs before it)."""
+    has_momentum = callable(momentum) or momentum != 0
 
     def init_fn(params: Any) -> SGDState:
-        buf = c.zeros_like_tree(params) if momentum != 0 else ()
+        buf = c.zeros_like_tree(params) if has_momentum else ()
         return SGDState(count=jnp.zeros([], jnp.int32), momentum_buffer=buf)
 
     def update_fn(updates: Any, state: SGDState, params: Any = None):
         lr_t = c.lr_at(lr, state.count)
-        if momentum == 0:
+        if not has_momentum:
             out = jax.tree.map(lambda g: -c.cast(lr_t, g) * g, updates)
             return out, SGDState(optax.safe_increment(state.count), ())
         first = state.count == 0
+        m_t = c.lr_at(momentum, state.count) if callable(momentum) else momentum
 
         def leaf(g, buf):
             # torch: buf = grad on the first step, else buf.mul_(momentum).add_(grad, 1 - dampening)
-            new_buf = jnp.where(first, g, buf * momentum + (1 - dampening) * g)
-            d = g + momentum * new_buf if nesterov else new_buf
+            m = c.cast(m_t, g) if callable(momentum) else m_t
+            new_buf = jnp.where(first, g, buf * m + (1 - dampening) * g)
+            d = g + m * new_buf if nesterov else new_buf
             return (-c.cast(lr_t, g) * d, new_buf)
 
         out, bufs = c.map_leaves(leaf, updates, state.momentum_buffer)
@@ -50,7 +53,7 @@ def scale_by_torch_sgd(
 
 def sgd(
     lr: ScalarOrSchedule = 1e-3,
-    momentum: float = 0,
+    momentum: ScalarOrSchedule = 0,
     dampening: float = 0,
     weight_decay: ScalarOrSchedule = 0,
     nesterov: bool = False,
@@ -80,7 +83,9 @@ def sgd(
     Args:
       lr: learning rate, a float or an Optax schedule of the step count (torch's
         ``scheduler.step()`` after each ``optimizer.step()``).
-      momentum, dampening, weight_decay, nesterov, maximize: as in torch.
+      momentum, dampening, weight_decay, nesterov, maximize: as in torch; ``momentum``
+        may be a schedule of the step count (what ``OneCycleLR``/``CyclicLR`` with
+        ``cycle_momentum=True`` set in torch: ``lr_scheduler.one_cycle_momentum``).
       foreach, differentiable, fused: torch kernel choices; accepted and ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale
         it); the others behave like a torch param group with ``weight_decay=0``.
@@ -106,7 +111,7 @@ def sgd(
     c.nonneg("momentum", momentum)
     c.nonneg("weight_decay", weight_decay)
     c.check(
-        not (nesterov and (momentum <= 0 or dampening != 0)),
+        not (nesterov and ((not callable(momentum) and momentum <= 0) or dampening != 0)),
         "Nesterov momentum requires a momentum and zero dampening",
     )
     return c.chain(

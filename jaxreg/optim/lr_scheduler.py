@@ -50,7 +50,9 @@ __all__ = [
     "cosine_annealing_lr",
     "cosine_annealing_warm_restarts",
     "one_cycle_lr",
+    "one_cycle_momentum",
     "cyclic_lr",
+    "cyclic_momentum",
     "lambda_lr",
     "multiplicative_lr",
     "sequential_lr",
@@ -234,17 +236,53 @@ def _anneal(strategy: str, start, end, pct):
 
 
 def _one_cycle_phases(total_steps, pct_start, three_phase):
-    """torch's phases: ``(end_step, start, end)`` with start/end naming a level."""
+    """torch's phases: ``(end_step, lr start, lr end, momentum start, momentum end)``."""
     if three_phase:
         return [
-            (float(pct_start * total_steps) - 1, "initial", "max"),
-            (float(2 * pct_start * total_steps) - 2, "max", "initial"),
-            (total_steps - 1, "initial", "min"),
+            (float(pct_start * total_steps) - 1, "initial", "max", "max_m", "base_m"),
+            (float(2 * pct_start * total_steps) - 2, "max", "initial", "base_m", "max_m"),
+            (total_steps - 1, "initial", "min", "max_m", "max_m"),
         ]
     return [
-        (float(pct_start * total_steps) - 1, "initial", "max"),
-        (total_steps - 1, "max", "min"),
+        (float(pct_start * total_steps) - 1, "initial", "max", "max_m", "base_m"),
+        (total_steps - 1, "max", "min", "base_m", "max_m"),
     ]
+
+
+def _one_cycle_total(total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy) -> int:
+    if total_steps is not None:
+        total = _pos_int("total_steps", total_steps)
+    elif epochs is not None and steps_per_epoch is not None:
+        total = _pos_int("epochs", epochs) * _pos_int("steps_per_epoch", steps_per_epoch)
+    else:
+        raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
+    if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
+        raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
+    if anneal_strategy not in ("cos", "linear"):
+        raise ValueError(
+            f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}"
+        )
+    return total
+
+
+def _one_cycle_fn(phases, level, which, anneal_strategy):
+    """The piecewise anneal over torch's phases; ``which`` picks lr (1) or momentum (3)."""
+
+    def fn(k):
+        out = jnp.zeros_like(k)
+        chosen = jnp.zeros(k.shape, bool)
+        start_step = 0.0
+        for i, phase in enumerate(phases):
+            end_step, a, b = phase[0], phase[which], phase[which + 1]
+            here = (k <= end_step) if i < len(phases) - 1 else jnp.ones(k.shape, bool)
+            pct = _div(k - start_step, end_step - start_step, k)
+            value = _anneal(anneal_strategy, level[a], level[b], pct)
+            out = jnp.where(here & ~chosen, value, out)
+            chosen = chosen | here
+            start_step = end_step
+        return out
+
+    return fn
 
 
 def one_cycle_lr(
@@ -268,36 +306,34 @@ def one_cycle_lr(
     that torch's ``cycle_momentum`` cycles is not part of this schedule.
     """
     max_lr = _lr(max_lr, "max_lr")
-    if total_steps is not None:
-        total = _pos_int("total_steps", total_steps)
-    elif epochs is not None and steps_per_epoch is not None:
-        total = _pos_int("epochs", epochs) * _pos_int("steps_per_epoch", steps_per_epoch)
-    else:
-        raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
-    if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
-        raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
-    if anneal_strategy not in ("cos", "linear"):
-        raise ValueError(
-            f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}"
-        )
+    total = _one_cycle_total(total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy)
     initial = max_lr / div_factor
     level = {"initial": initial, "max": max_lr, "min": initial / final_div_factor}
     phases = _one_cycle_phases(total, pct_start, three_phase)
-
-    def fn(k):
-        out = jnp.zeros_like(k)
-        chosen = jnp.zeros(k.shape, bool)
-        start_step = 0.0
-        for i, (end_step, a, b) in enumerate(phases):
-            here = (k <= end_step) if i < len(phases) - 1 else jnp.ones(k.shape, bool)
-            pct = _div(k - start_step, end_step - start_step, k)
-            value = _anneal(anneal_strategy, level[a], level[b], pct)
-            out = jnp.where(here & ~chosen, value, out)
-            chosen = chosen | here
-            start_step = end_step
-        return out
-
+    fn = _one_cycle_fn(phases, level, 1, anneal_strategy)
     return _TorchSchedule("one_cycle_lr", initial, fn)
+
+
+def one_cycle_momentum(
+    total_steps: int | None = None,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    pct_start: float = 0.3,
+    anneal_strategy: str = "cos",
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+    three_phase: bool = False,
+) -> Schedule:
+    """The momentum ``OneCycleLR(cycle_momentum=True)`` sets: from ``max_momentum`` down to
+    ``base_momentum`` while the lr rises, back up while it falls (same phases and anneal as
+    :func:`one_cycle_lr`). Give it as ``jaxreg.optim.sgd(momentum=...)`` or as
+    ``betas=(schedule, beta2)`` of ``adam``/``adamw``."""
+    total = _one_cycle_total(total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy)
+    level = {"base_m": float(base_momentum), "max_m": float(max_momentum)}
+    phases = _one_cycle_phases(total, pct_start, three_phase)
+    return _TorchSchedule(
+        "one_cycle_momentum", float(max_momentum), _one_cycle_fn(phases, level, 3, anneal_strategy)
+    )
 
 
 def cyclic_lr(
@@ -316,14 +352,33 @@ def cyclic_lr(
     ``x / ratio`` going up and ``(x - 1) / (ratio - 1)`` going down, scaled by
     ``scale_fn(cycle)`` (``"triangular"``: 1, ``"triangular2"``: ``1 / 2 ** (cycle - 1)``)
     or ``scale_fn(k)`` (``"exp_range"``: ``gamma ** k``). A custom ``scale_fn`` must be
-    traceable (``jnp`` operations) and gets a float array. The momentum that torch's
-    ``cycle_momentum`` cycles is not part of this schedule.
+    traceable (``jnp`` operations) and gets a float array. torch's
+    ``cycle_momentum=True`` (its default) also cycles the momentum: see
+    :func:`cyclic_momentum`.
     """
     base_lr, max_lr = _lr(base_lr, "base_lr"), _lr(max_lr, "max_lr")
+    total, ratio, scale_fn, scale_mode = _cyclic_setup(
+        step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode
+    )
+
+    def fn(k):
+        factor, scale = _cyclic(k, total, ratio, scale_fn, scale_mode)
+        return base_lr + (max_lr - base_lr) * factor * scale
+
+    return _TorchSchedule("cyclic_lr", base_lr, fn)
+
+
+def _cyclic(k, total, ratio, scale_fn, scale_mode):
+    """torch CyclicLR's ``scale_factor`` and ``scale_fn(...)`` at step ``k``."""
+    cycle = jnp.floor(1 + _div(k, total, k))
+    x = 1.0 + _div(k, total, k) - cycle
+    factor = jnp.where(x <= ratio, _div(x, ratio, k), _div(x - 1, ratio - 1, k))
+    return factor, scale_fn(cycle if scale_mode == "cycle" else k)
+
+
+def _cyclic_setup(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode):
     up = float(_pos_int("step_size_up", step_size_up))
     down = float(_pos_int("step_size_down", step_size_down)) if step_size_down else up
-    total = up + down
-    ratio = up / total
     if scale_fn is None:
         if mode == "triangular":
             scale_fn, scale_mode = (lambda x: jnp.ones_like(x)), "cycle"
@@ -335,15 +390,32 @@ def cyclic_lr(
             raise ValueError("mode is invalid and scale_fn is None")
     if scale_mode not in ("cycle", "iterations"):
         raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+    return up + down, up / (up + down), scale_fn, scale_mode
+
+
+def cyclic_momentum(
+    step_size_up: int = 2000,
+    step_size_down: int | None = None,
+    mode: str = "triangular",
+    gamma: float = 1.0,
+    scale_fn: Callable[[jax.Array], jax.Array] | None = None,
+    scale_mode: str = "cycle",
+    base_momentum: float = 0.8,
+    max_momentum: float = 0.9,
+) -> Schedule:
+    """The momentum ``CyclicLR(cycle_momentum=True)`` sets: ``max_momentum - (max_momentum
+    - base_momentum) * height * scale``, falling while the lr rises (same cycle arguments
+    as :func:`cyclic_lr`). Give it as ``sgd(momentum=...)`` or ``betas=(schedule, beta2)``."""
+    total, ratio, scale_fn, scale_mode = _cyclic_setup(
+        step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode
+    )
+    lo, hi = float(base_momentum), float(max_momentum)
 
     def fn(k):
-        cycle = jnp.floor(1 + _div(k, total, k))
-        x = 1.0 + _div(k, total, k) - cycle
-        factor = jnp.where(x <= ratio, _div(x, ratio, k), _div(x - 1, ratio - 1, k))
-        height = (max_lr - base_lr) * factor
-        return base_lr + height * scale_fn(cycle if scale_mode == "cycle" else k)
+        factor, scale = _cyclic(k, total, ratio, scale_fn, scale_mode)
+        return hi - (hi - lo) * factor * scale
 
-    return _TorchSchedule("cyclic_lr", base_lr, fn)
+    return _TorchSchedule("cyclic_momentum", hi, fn)
 
 
 def lambda_lr(lr: float, lr_lambda: Callable[[jax.Array], Any]) -> Schedule:

@@ -274,3 +274,58 @@ def test_reduce_lr_on_plateau_refuses_what_torch_refuses():
                       ({"threshold_mode": "x"}, "threshold mode"), ({"patience": -1}, "patience")]:
         with pytest.raises(ValueError, match=match):
             J.reduce_lr_on_plateau(0.1, **kw)
+
+
+def _cycled_run(make_opt, make_sched, tx, n=80):
+    rng = np.random.default_rng(2)
+    w0, grads = rng.standard_normal(6), rng.standard_normal((n, 6))
+    w = torch.tensor(w0, requires_grad=True)
+    opt = make_opt([w])
+    sched = make_sched(opt)
+    moms = []
+    for g in grads:
+        group = opt.param_groups[0]
+        moms.append(group["betas"][0] if "betas" in group else group["momentum"])
+        w.grad = torch.tensor(g)
+        opt.step()
+        sched.step()
+    p = jnp.asarray(w0)
+    state = tx.init(p)
+    for g in grads:
+        u, state = tx.update(jnp.asarray(g), state, p)
+        p = optax.apply_updates(p, u)
+    return np.asarray(p), w.detach().numpy(), np.array(moms)
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+def test_one_cycle_with_cycled_momentum_follows_torch(three_phase):
+    kw = dict(total_steps=80, pct_start=0.25, three_phase=three_phase)
+    lr = J.one_cycle_lr(0.5, **kw)
+    mom = J.one_cycle_momentum(**kw)
+    got, ref, moms = _cycled_run(
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+        lambda o: T.OneCycleLR(o, 0.5, **kw),
+        optim.sgd(lr, momentum=mom, nesterov=True),
+    )
+    np.testing.assert_allclose(_jax_lrs(mom, 79), moms, rtol=1e-13)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+    got, ref, moms = _cycled_run(
+        lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1),
+        lambda o: T.OneCycleLR(o, 0.05, **kw),
+        optim.adamw(J.one_cycle_lr(0.05, **kw), betas=(mom, 0.999), weight_decay=0.1),
+    )
+    assert moms.max() - moms.min() > 0.05  # torch did cycle beta1
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_cyclic_with_cycled_momentum_follows_torch():
+    kw = dict(step_size_up=6, step_size_down=10, mode="triangular2")
+    got, ref, moms = _cycled_run(
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+        lambda o: T.CyclicLR(o, 0.01, 0.2, base_momentum=0.7, max_momentum=0.95, **kw),
+        optim.sgd(
+            J.cyclic_lr(0.01, 0.2, **kw),
+            momentum=J.cyclic_momentum(base_momentum=0.7, max_momentum=0.95, **kw),
+        ),
+    )
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
