@@ -302,8 +302,9 @@ def one_cycle_lr(
 
     Each phase anneals by ``cos`` (``end + (start - end) / 2 * (cos(pi * pct) + 1)``) or
     ``linear``, ``pct`` the fraction of the phase done, as torch. torch raises past
-    ``total_steps``; this schedule extends the last phase's formula there. The momentum
-    that torch's ``cycle_momentum`` cycles is not part of this schedule.
+    ``total_steps``; this schedule extends the last phase's formula there. torch's
+    ``cycle_momentum=True`` (its default) also cycles the momentum (SGD) or
+    ``betas[0]`` (Adam): give :func:`one_cycle_momentum` to the optimizer for that.
     """
     max_lr = _lr(max_lr, "max_lr")
     total = _one_cycle_total(total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy)
