@@ -93,6 +93,38 @@ def _named_leaves(tree: Any) -> dict[str, Any]:
     return out
 
 
+class _held_logs:  # noqa: N801 - a context manager used like a function
+    """Hold Orbax's log records (absl logger) during a save.
+
+    A failed save makes Orbax log the same failure as several tracebacks from its
+    threads before the exception reaches the caller; the caller gets the exception, so
+    those records are dropped. After a successful save they are passed on
+    (:meth:`release`).
+    """
+
+    def __enter__(self) -> _held_logs:
+        import logging
+
+        self._logger = logging.getLogger("absl")
+        self.records: list[Any] = []
+
+        class _Hold(logging.Filter):
+            def filter(inner, record):  # noqa: N805
+                self.records.append(record)
+                return False
+
+        self._filter = _Hold()
+        self._logger.addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._logger.removeFilter(self._filter)
+
+    def release(self) -> None:
+        for record in self.records:
+            self._logger.handle(record)
+
+
 def _check_step(step: Any) -> int:
     """A checkpoint number: a non-negative integer (``bool`` and floats refused)."""
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
@@ -183,16 +215,18 @@ class Checkpointer:
             raise ValueError(f"metadata key {_RESERVED!r} is reserved")
         metadata[_RESERVED] = {"sha256": {k: _digest(v) for k, v in named.items()}}
         try:
-            saved = self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)
-                ),
-            )
-            self._manager.wait_until_finished()
+            with _held_logs() as held:
+                saved = self._manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)
+                    ),
+                )
+                self._manager.wait_until_finished()
         except BaseException:
             self._remove_leftovers()
-            raise
+            raise  # the exception says what failed: Orbax's logged tracebacks are dropped
+        held.release()
         if saved is False:  # Orbax declines silently (e.g. a newer step it still lists)
             raise CheckpointError(f"Orbax did not save step {step} in {self.directory}")
 

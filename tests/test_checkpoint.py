@@ -368,7 +368,7 @@ def test_an_incomplete_newest_step_is_an_error_not_a_silent_fallback(tmp_path):
         assert int(state["step"]) == 1
 
 
-def test_a_failed_save_leaves_no_temporary_directory(tmp_path, monkeypatch):
+def test_a_failed_save_leaves_no_temporary_directory(tmp_path, monkeypatch, caplog):
     from orbax.checkpoint._src.path import atomicity
 
     with Checkpointer(tmp_path) as ckpt:
@@ -378,8 +378,10 @@ def test_a_failed_save_leaves_no_temporary_directory(tmp_path, monkeypatch):
             raise OSError("disk went away")
 
         monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", finalize)
+        caplog.clear()
         with pytest.raises(Exception, match="disk went away"):
             ckpt.save(2, _state(2))
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no duplicate noise
         monkeypatch.undo()
         assert sorted(p.name for p in tmp_path.iterdir()) == [".jaxreg-writer.lock", "1"]
         assert ckpt.all_steps() == [1]
