@@ -246,6 +246,13 @@ def from_torch(
                 "frozen as a constant. Pass lr= the matching schedule "
                 "(e.g. optax.exponential_decay for StepLR), or lr=group['lr'] for a constant"
             )
+        if lr is None and hasattr(group.get("lr"), "item"):
+            raise ValueError(
+                f"from_torch: param group {gi} has a Tensor lr; torch then computes the "
+                "step's lr scalars as float32 tensor operations, which jaxreg.optim does not "
+                "reproduce (1e-6 apart after tens of steps). Pass lr=float(group['lr']) to "
+                "run with the lr as a float64 scalar, knowing that"
+            )
         kw = _group_kwargs(factory, group)
         if lr is not None:
             kw["lr"] = lr
