@@ -281,6 +281,28 @@ class ModuleMap:
     leaves: tuple[LeafMap, ...]
     flax_kind: str
 
+    def state_to_jax(self, torch_name: str, array: np.ndarray) -> np.ndarray:
+        """A parameter-shaped tensor (e.g. optimizer state) of ``torch_name`` in its Flax
+        leaf's layout (for ``jaxreg.optim.state_from_torch(..., to_jax=...)``)."""
+        lm = self._one(torch_name)
+        return lm.to_flax(np.asarray(array))[0]
+
+    def state_to_torch(self, torch_name: str, array: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`state_to_jax` (``state_to_torch(..., to_torch=...)``)."""
+        lm = self._one(torch_name)
+        return lm.to_torch((np.asarray(array),))
+
+    def _one(self, torch_name: str) -> LeafMap:
+        for lm in self.leaves:
+            if lm.torch_key == torch_name:
+                if len(lm.flax_paths) != 1:
+                    raise ValueError(
+                        f"{torch_name} maps onto {len(lm.flax_paths)} Flax leaves; its "
+                        "optimizer state cannot be converted leaf by leaf"
+                    )
+                return lm
+        raise ValueError(f"{torch_name!r} is not a tensor of the mapped torch module")
+
     def param_paths(self) -> dict[str, tuple[str, ...]]:
         """``{torch parameter name: "/"-joined path in the Flax params}`` (one-to-one
         parameters only, e.g. for ``jaxreg.optim.from_torch(..., paths=...)``)."""

@@ -326,12 +326,33 @@ def _index_tree(params: Any) -> Any:
     return jax.tree.unflatten(treedef, list(range(treedef.num_leaves)))
 
 
+def _layout(torch_optimizer, params, paths, module, convert, who):
+    """``(leaf index per group, {id(tensor): torch name})`` with ``module=`` pairing."""
+    if module is None:
+        if convert is not None:
+            raise ValueError(f"{who}: a layout converter goes with module=")
+        return _leaf_index(torch_optimizer, params, paths), {}
+    if paths is not None:
+        raise ValueError(f"{who}: pass paths= or module=, not both")
+    if convert is None:
+        raise ValueError(
+            f"{who}: with module=, pass the layout converter too (torch's layout is not "
+            "Flax's: e.g. parity.convert.module_map(torch_model, flax_variables).state_to_jax)"
+        )
+    paths = _paths_by_module(torch_optimizer, params, module)
+    names = {id(t): n for n, t in module.named_parameters()}
+    return _leaf_index(torch_optimizer, params, paths, layout_free=True), names
+
+
 def state_from_torch(
     torch_optimizer: Any,
     tx: optax.GradientTransformation,
     params: Any,
     paths: list[str] | None = None,
     step: int | None = None,
+    *,
+    module: Any = None,
+    to_jax: Any = None,
 ) -> Any:
     """Optax state for ``tx`` (from :func:`from_torch` or the matching ``jaxreg.optim``
     factory) holding a torch optimizer's state, so training continues on the same path.
@@ -343,11 +364,19 @@ def state_from_torch(
       paths: as for :func:`from_torch`.
       step: steps taken so far. Read from torch's ``state['step']``; SGD and Muon keep
         none, so pass it when an ``lr`` schedule must resume at the right position.
+      module, to_jax: for a Flax model whose layout is not torch's: the torch module
+        (pairing by name, as :func:`from_torch`) and ``to_jax(torch_name, array) ->
+        array``, which puts a parameter-shaped state tensor into its leaf's layout
+        (``parity.convert.module_map(...).state_to_jax`` is that function).
 
     Returns:
       The state to pass to ``tx.update`` next.
+
+    Raises:
+      ValueError: a state tensor does not fit its leaf (naming parameter and field), the
+        state is another optimizer's, or ``module`` comes without ``to_jax``.
     """
-    index = _leaf_index(torch_optimizer, params, paths)
+    index, tnames = _layout(torch_optimizer, params, paths, module, to_jax, "state_from_torch")
     groups = [list(g["params"]) for g in torch_optimizer.param_groups]
     by_leaf: dict[int, tuple[int, Any, str]] = {}
     for gi, (g, idx) in enumerate(zip(groups, index)):
@@ -370,6 +399,8 @@ def state_from_torch(
             # A copy: .numpy() shares the tensor's memory and jnp.asarray may alias it on
             # CPU, so torch's in-place updates would otherwise leak into the JAX state.
             arr = np.array(value.detach().cpu().numpy(), copy=True)
+            if to_jax is not None and arr.shape == tuple(by_leaf[i][1].shape):
+                arr = np.array(to_jax(tnames[id(by_leaf[i][1])], arr), copy=True)
             if arr.shape != np.shape(x):
                 bad.append(
                     f"{names[i]} (torch parameter {by_leaf[i][2]}) field {name!r}: torch "
@@ -454,15 +485,23 @@ def state_with(
 
 
 def state_to_torch(
-    opt_state: Any, torch_optimizer: Any, params: Any, paths: list[str] | None = None
+    opt_state: Any,
+    torch_optimizer: Any,
+    params: Any,
+    paths: list[str] | None = None,
+    *,
+    module: Any = None,
+    to_torch: Any = None,
 ) -> None:
     """Load a jaxreg.optim state into a live torch optimizer (in place).
 
     The inverse of :func:`state_from_torch`: afterwards ``torch_optimizer.step()``
     continues the trajectory the JAX run was on. Copy the parameter values into the
-    torch model separately (e.g. with ``parity.convert``).
+    torch model separately (e.g. with ``parity.convert``). ``module``/``to_torch``: as
+    :func:`state_from_torch`'s ``module``/``to_jax``, the other way
+    (``parity.convert.module_map(...).state_to_torch``).
     """
-    index = _leaf_index(torch_optimizer, params, paths)
+    index, tnames = _layout(torch_optimizer, params, paths, module, to_torch, "state_to_torch")
     groups = [list(g["params"]) for g in torch_optimizer.param_groups]
     leaf_to_param = {i: t for g, idx in zip(groups, index) for t, i in zip(g, idx)}
     any_param = next(iter(leaf_to_param.values()))
@@ -492,7 +531,10 @@ def state_to_torch(
                 if _is_masked(x) or i not in leaf_to_param or np.size(x) == 0:
                     continue
                 p = leaf_to_param[i]
-                new_state[i][name] = p.new_tensor(np.asarray(x)).reshape(np.shape(x))
+                arr = np.asarray(x)
+                if to_torch is not None and arr.size == p.numel():
+                    arr = np.array(to_torch(tnames[id(p)], arr), copy=True)
+                new_state[i][name] = p.new_tensor(arr).reshape(arr.shape)
         return core
 
     _walk(opt_state, fn_core, lambda s, label: s)

@@ -355,3 +355,51 @@ def test_from_torch_refuses_a_tensor_lr_it_does_not_reproduce():
     with pytest.raises(ValueError, match="Tensor lr.*lr=float"):
         optim.from_torch(opt, [jnp.zeros(6)])
     optim.from_torch(opt, [jnp.zeros(6)], lr=float(opt.param_groups[0]["lr"]))  # explicit
+
+
+def test_state_moves_between_torch_and_a_flax_layout_model():
+    """AdamW on the BatchNorm CNN: 3 torch steps, its state into JAX (kernels transposed, the
+    Linear's rows permuted), 3 JAX steps, back into torch, 3 torch steps == 9 torch steps."""
+    from parity import convert, models
+
+    x = np.zeros((1, 8, 8))
+    ex = torch.tensor(models.torch_input(x))
+    fm = models.flax_model("cnn_bn", jnp.float64)
+    tmpl = fm.init(jax.random.key(0), jnp.asarray(models.flax_input(x)), train=False)
+    rng = np.random.default_rng(1)
+    shapes = [tuple(p.shape) for p in models.torch_model("cnn_bn").parameters()]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(9)]
+
+    def torch_steps(tm, opt, gs):
+        for g in gs:
+            for p, gi in zip(tm.parameters(), g):
+                p.grad = torch.tensor(gi)
+            opt.step()
+
+    def make():
+        torch.manual_seed(0)
+        tm = models.torch_model("cnn_bn").double()
+        return tm, torch.optim.AdamW(tm.parameters(), lr=0.01, weight_decay=0.1)
+
+    ref_tm, ref_opt = make()
+    torch_steps(ref_tm, ref_opt, grads)
+
+    tm, opt = make()
+    torch_steps(tm, opt, grads[:3])
+    mm = convert.module_map(tm, tmpl, example_input=ex)
+    params = convert.from_torch(tm, tmpl, example_input=ex)["params"]
+    tx = optim.from_torch(opt, params, module=tm)
+    state = optim.state_from_torch(opt, tx, params, module=tm, to_jax=mm.state_to_jax)
+    for g in grads[3:6]:
+        for p, gi in zip(tm.parameters(), g):
+            p.grad = torch.tensor(gi)
+        gtree = convert.from_torch(_grads_as_module(tm), tmpl, example_input=ex)["params"]
+        u, state = tx.update(gtree, state, params)
+        params = optax.apply_updates(params, u)
+    convert.to_torch({**tmpl, "params": params}, tm, example_input=ex)
+    optim.state_to_torch(state, opt, params, module=tm, to_torch=mm.state_to_torch)
+    torch_steps(tm, opt, grads[6:])
+    for (k, a), b in zip(tm.state_dict().items(), ref_tm.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14, err_msg=k)
+    with pytest.raises(ValueError, match="layout converter"):
+        optim.state_from_torch(opt, tx, params, module=tm)
