@@ -31,10 +31,11 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def tiny_run():
+def tiny_run():  # the tests using it are marked slow: a real (tiny) benchmark run
     return suite.run(TINY, progress=lambda m: None)
 
 
+@pytest.mark.slow
 def test_every_group_is_measured_in_alternating_rounds(tiny_run):
     labels = [g["label"] for g in tiny_run["groups"]]
     assert labels[0].startswith("triad")
@@ -53,6 +54,7 @@ def test_many_leaves_case_has_a_thousand_style_size_spread():
     assert len(sizes) == 1000 and min(sizes) >= 1024 and max(sizes) <= 65536
 
 
+@pytest.mark.slow
 def test_report_and_files(tiny_run, tmp_path):
     text = report.table(tiny_run)
     assert "correctness guard: every jaxreg subject matches torch's reference" in text

@@ -19,6 +19,7 @@ def quick_report(tmp_path_factory):
     return code, out
 
 
+@pytest.mark.slow
 def test_quick_grid_passes_and_writes_the_report(quick_report):
     code, out = quick_report
     assert code == 0
@@ -88,6 +89,7 @@ def test_float32_case_is_judged_against_torch_noise():
     assert r.tolerance == pytest.approx(4 * max(max(r.noise), 1.1920928955078125e-07))
 
 
+@pytest.mark.slow
 def test_cli_mutation_fails_with_exit_1(tmp_path):
     argv = [
         "--models",
@@ -159,6 +161,7 @@ def test_missing_parity_extra_names_the_extra():
 # --- the run's own report: arguments, time, status; --out checked first; Ctrl-C ----------
 
 
+@pytest.mark.slow
 def test_quick_grid_touches_every_model_and_optimizer(quick_report):
     from parity.grid import MODELS, OPTIMIZERS
 
@@ -183,6 +186,7 @@ def test_unwritable_out_exits_2_before_running(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("parity: error: cannot write the report")
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_partial_report_and_one_line(tmp_path):
     import os
     import signal
