@@ -159,10 +159,12 @@ def _writable(out: Path) -> str | None:
 
 def _stop(pool) -> None:
     """End a process pool at once: queued cases cancelled, running workers terminated."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # None after shutdown
     pool.shutdown(wait=False, cancel_futures=True)
-    for proc in list(getattr(pool, "_processes", {}).values()):
+    for proc in procs:
         proc.terminate()
-    for proc in list(getattr(pool, "_processes", {}).values()):
+    for proc in procs:
         proc.join(timeout=10)
 
 
