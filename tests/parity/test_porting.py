@@ -340,3 +340,75 @@ def test_jaxreg_batchnorm_is_torchs(kw):
     fbn = nnx.BatchNorm(4, rngs=nnx.Rngs(0))  # its statistics are float32
     fbn(jnp.asarray(rng.standard_normal((6, 3, 3, 4)), jnp.float32))
     assert abs(float(fbn.var.get_value()[0]) - float(jbn.var.get_value()[0])) > 1e-3
+
+
+# --- each converted layer type, with the README's settings, against torch's forward ----------
+
+
+def _nnx_f64(**kw):
+    return dict(param_dtype=jnp.float64, rngs=nnx.Rngs(0), **kw)
+
+
+LAYERS = {
+    # name: (torch module, nnx twin, input shape (torch layout), torch -> jax input transpose)
+    "conv1d": (
+        lambda: torch.nn.Conv1d(3, 4, 3, padding=1),
+        lambda: nnx.Conv(3, 4, (3,), padding=((1, 1),), **_nnx_f64()),
+        (2, 3, 7), (0, 2, 1),
+    ),
+    "conv3d": (
+        lambda: torch.nn.Conv3d(2, 3, 3),
+        lambda: nnx.Conv(2, 3, (3, 3, 3), padding="VALID", **_nnx_f64()),
+        (2, 2, 5, 5, 5), (0, 2, 3, 4, 1),
+    ),
+    "groupnorm": (
+        lambda: torch.nn.GroupNorm(2, 6),
+        lambda: nnx.GroupNorm(6, num_groups=2, epsilon=1e-5, use_fast_variance=False,
+                              **_nnx_f64()),
+        (3, 6, 4), (0, 2, 1),
+    ),
+    "rmsnorm": (
+        lambda: torch.nn.RMSNorm(5),
+        lambda: nnx.RMSNorm(5, epsilon=float(jnp.finfo(jnp.float64).eps), **_nnx_f64()),
+        (4, 5), (0, 1),
+    ),
+    "layernorm": (
+        lambda: torch.nn.LayerNorm(5),
+        lambda: nnx.LayerNorm(5, epsilon=1e-5, use_fast_variance=False, **_nnx_f64()),
+        (4, 5), (0, 1),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_each_layer_type_converts_and_computes_as_torch(name):
+    make_t, make_j, shape, perm = LAYERS[name]
+    torch.manual_seed(1)
+    tm = make_t().double()
+    with torch.no_grad():  # non-trivial affine parameters
+        for p in tm.parameters():
+            p.add_(torch.rand_like(p))
+    jm = convert.from_torch(tm, make_j())
+    x = np.random.default_rng(2).standard_normal(shape) * 3 + 0.5
+    ref = tm(torch.tensor(x)).detach().numpy().transpose(perm)
+    got = np.asarray(jm(jnp.asarray(x.transpose(perm))))
+    assert parity.compare_rel_diff(got, ref) <= 1e-12
+
+
+def test_embedding_and_gelu_defaults():
+    emb = torch.nn.Embedding(7, 3).double()
+    jm = convert.from_torch(emb, nnx.Embed(7, 3, **_nnx_f64()))
+    idx = np.array([[0, 6, 3]])
+    np.testing.assert_array_equal(np.asarray(jm(jnp.asarray(idx))), emb(torch.tensor(idx)).detach())
+    x = np.linspace(-3, 3, 13)
+    ref = torch.nn.GELU()(torch.tensor(x)).numpy()
+    exact = np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=False))
+    assert parity.compare_rel_diff(exact, ref) <= 1e-15
+    approx = np.asarray(jax.nn.gelu(jnp.asarray(x)))  # JAX's default: the tanh approximation
+    assert parity.compare_rel_diff(approx, ref) > 1e-5
+    # Flax's default LayerNorm (eps 1e-6) is not torch's
+    tm = torch.nn.LayerNorm(5).double()
+    jm = convert.from_torch(tm, nnx.LayerNorm(5, **_nnx_f64()))
+    x = np.random.default_rng(3).standard_normal((4, 5)) * 0.01
+    ref = tm(torch.tensor(x)).detach().numpy()
+    assert parity.compare_rel_diff(np.asarray(jm(jnp.asarray(x))), ref) > 1e-4
