@@ -74,6 +74,92 @@ def _factory(torch_optimizer: Any):
     return _FACTORIES[base.__name__]
 
 
+def _schedule_of(sched: Any, gi: int) -> tuple[Any, Any]:
+    """A live torch LR scheduler as ``(lr schedule, momentum schedule or None)`` for param
+    group ``gi``: its jaxreg.optim.lr_scheduler closed form, read from its attributes."""
+    from jaxreg.optim import lr_scheduler as L
+
+    kind = type(sched).__name__
+    module = type(sched).__module__ or ""
+    if not module.startswith("torch.optim"):
+        raise ValueError(
+            f"from_torch: scheduler {kind} is not torch's; record it with "
+            "jaxreg.optim.lr_scheduler.schedule_from_torch(scheduler, num_steps) and pass lr="
+        )
+    base = float(sched.base_lrs[gi]) if hasattr(sched, "base_lrs") else None
+    if kind == "StepLR":
+        return L.step_lr(base, sched.step_size, sched.gamma), None
+    if kind == "MultiStepLR":
+        return L.multi_step_lr(base, list(sched.milestones.elements()), sched.gamma), None
+    if kind == "ConstantLR":
+        return L.constant_lr(base, sched.factor, sched.total_iters), None
+    if kind == "LinearLR":
+        return L.linear_lr(base, sched.start_factor, sched.end_factor, sched.total_iters), None
+    if kind == "ExponentialLR":
+        return L.exponential_lr(base, sched.gamma), None
+    if kind == "PolynomialLR":
+        return L.polynomial_lr(base, sched.total_iters, sched.power), None
+    if kind == "CosineAnnealingLR":
+        return L.cosine_annealing_lr(base, sched.T_max, sched.eta_min), None
+    if kind == "CosineAnnealingWarmRestarts":
+        return L.cosine_annealing_warm_restarts(base, sched.T_0, sched.T_mult, sched.eta_min), None
+    if kind == "OneCycleLR":
+        group = sched.optimizer.param_groups[gi]
+        phases = sched._schedule_phases
+        kw = dict(
+            total_steps=sched.total_steps,
+            pct_start=(phases[0]["end_step"] + 1) / sched.total_steps,
+            anneal_strategy=sched._anneal_func_type,
+            three_phase=len(phases) == 3,
+        )
+        lr = L.one_cycle_lr(
+            group["max_lr"], div_factor=group["max_lr"] / group["initial_lr"],
+            final_div_factor=group["initial_lr"] / group["min_lr"], **kw,
+        )  # fmt: skip
+        mom = None
+        if sched.cycle_momentum:
+            mom = L.one_cycle_momentum(
+                base_momentum=group["base_momentum"], max_momentum=group["max_momentum"], **kw
+            )
+        return lr, mom
+    if kind == "CyclicLR":
+        if sched._scale_fn_custom is not None:
+            raise ValueError(
+                "from_torch: CyclicLR with a Python scale_fn; rewrite it for "
+                "lr_scheduler.cyclic_lr(scale_fn=jnp...) or use schedule_from_torch"
+            )
+        up = sched.total_size * sched.step_ratio
+        kw = dict(
+            step_size_up=int(round(up)), step_size_down=int(round(sched.total_size - up)),
+            mode=sched.mode, gamma=sched.gamma,
+        )  # fmt: skip
+        lr = L.cyclic_lr(sched.base_lrs[gi], sched.max_lrs[gi], **kw)
+        mom = None
+        if sched.cycle_momentum:
+            mom = L.cyclic_momentum(
+                base_momentum=sched.base_momentums[gi], max_momentum=sched.max_momentums[gi], **kw
+            )
+        return lr, mom
+    if kind == "SequentialLR":
+        parts = [_schedule_of(s, gi) for s in sched._schedulers]
+        if any(m is not None for _, m in parts):
+            raise ValueError("from_torch: a SequentialLR part that cycles momentum; use lr=")
+        return L.sequential_lr([p for p, _ in parts], sched._milestones), None
+    if kind == "ChainedScheduler":
+        parts = [_schedule_of(s, gi) for s in sched._schedulers]
+        return L.chained_scheduler([p for p, _ in parts]), None
+    if kind == "ReduceLROnPlateau":
+        raise ValueError(
+            "from_torch: ReduceLROnPlateau depends on metrics; chain "
+            "jaxreg.optim.lr_scheduler.reduce_lr_on_plateau(lr, ...) after the optimizer"
+        )
+    raise ValueError(
+        f"from_torch: {kind} cannot be translated to a closed form (a Python lambda or an "
+        "unknown scheduler); record it with "
+        "jaxreg.optim.lr_scheduler.schedule_from_torch(scheduler, num_steps) and pass lr="
+    )
+
+
 def _torch_default_dtype(torch_optimizer: Any) -> Any:
     """``torch.get_default_dtype()`` as a JAX dtype, without importing torch here."""
     torch = sys.modules[_torch_class(torch_optimizer).__module__.split(".")[0]]
@@ -197,6 +283,7 @@ def from_torch(
     lr: Any = None,
     *,
     module: Any = None,
+    scheduler: Any = None,
 ) -> optax.GradientTransformation:
     """The jaxreg.optim transform equivalent to a live ``torch.optim`` optimizer.
 
@@ -217,6 +304,12 @@ def from_torch(
         elements -- Flax's layout may differ). Instead of ``paths``. The optimizer-state
         converters do not take it: a state in torch's layout needs the model's layout
         rules (``parity.convert``).
+      scheduler: the torch LR scheduler attached to the optimizer (``StepLR`` ...
+        ``OneCycleLR``, ``CyclicLR``, ``SequentialLR``, ``ChainedScheduler``): each group
+        gets its ``jaxreg.optim.lr_scheduler`` closed form, and the cycled momentum /
+        ``betas[0]`` of ``OneCycleLR``/``CyclicLR``. The JAX step count is torch's
+        ``last_epoch`` (one ``scheduler.step()`` per ``optimizer.step()``). Schedulers
+        with Python lambdas raise, pointing to ``schedule_from_torch``.
       lr: optional learning rate or Optax schedule replacing every group's current
         ``lr``. Required when a torch LR scheduler is attached (a group holds
         ``initial_lr``): the scheduler is a separate object, and its current lr is not
@@ -237,14 +330,31 @@ def from_torch(
             raise ValueError("from_torch: pass paths= or module=, not both")
         paths = _paths_by_module(torch_optimizer, params, module)
     index = _leaf_index(torch_optimizer, params, paths, layout_free=module is not None)
+    if scheduler is not None and lr is not None:
+        raise ValueError("from_torch: pass lr= or scheduler=, not both")
+    if scheduler is not None and scheduler.optimizer is not torch_optimizer:
+        raise ValueError("from_torch: the scheduler belongs to another optimizer")
     txs = []
     for gi, group in enumerate(torch_optimizer.param_groups):
+        if scheduler is not None:
+            sched_lr, sched_mom = _schedule_of(scheduler, gi)
+            kw = _group_kwargs(factory, group)
+            kw["lr"] = sched_lr
+            if sched_mom is not None:
+                if "betas" in kw:
+                    kw["betas"] = (sched_mom, kw["betas"][1])
+                else:
+                    kw["momentum"] = sched_mom
+            if factory in (nadam, asgd):
+                kw["torch_scalar_dtype"] = _torch_default_dtype(torch_optimizer)
+            txs.append(factory(**kw))
+            continue
         if lr is None and "initial_lr" in group:
             raise ValueError(
                 f"from_torch: param group {gi} has 'initial_lr' ({group['initial_lr']}), so a "
                 f"torch LR scheduler is attached; its current lr ({group['lr']}) would be "
-                "frozen as a constant. Pass lr= the matching schedule "
-                "(e.g. optax.exponential_decay for StepLR), or lr=group['lr'] for a constant"
+                "frozen as a constant. Pass scheduler=, or lr= a schedule "
+                "(jaxreg.optim.lr_scheduler), or lr=group['lr'] for a constant"
             )
         if lr is None and hasattr(group.get("lr"), "item"):
             raise ValueError(

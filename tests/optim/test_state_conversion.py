@@ -403,3 +403,74 @@ def test_state_moves_between_torch_and_a_flax_layout_model():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14, err_msg=k)
     with pytest.raises(ValueError, match="layout converter"):
         optim.state_from_torch(opt, tx, params, module=tm)
+
+
+SCHEDULED_OPTS = {
+    "warmup_cosine_adamw_two_groups": (
+        lambda ps: torch.optim.AdamW(
+            [{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.0, "lr": 0.02}],
+            lr=0.05, weight_decay=0.1,
+        ),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=5),
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, 20, 1e-4)], milestones=[5]
+        ),
+    ),
+    "one_cycle_sgd_momentum": (
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.3, total_steps=30, three_phase=True),
+    ),
+    "cyclic_adam_betas": (
+        lambda ps: torch.optim.Adam(ps, lr=0.01),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.001, 0.02, 4, 6, mode="triangular2"),
+    ),
+    "chained": (
+        lambda ps: torch.optim.RMSprop(ps, lr=0.01),
+        lambda o: torch.optim.lr_scheduler.ChainedScheduler(
+            [torch.optim.lr_scheduler.ConstantLR(o, 0.5, 4),
+             torch.optim.lr_scheduler.ExponentialLR(o, 0.95)]
+        ),
+    ),
+    "warm_restarts": (
+        lambda ps: torch.optim.NAdam(ps, lr=0.01),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 4, 2, 1e-4),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SCHEDULED_OPTS))
+def test_from_torch_translates_the_attached_scheduler(name):
+    make_opt, make_sched = SCHEDULED_OPTS[name]
+    shapes = [(3, 2), (2,)]
+    p0 = [np.linspace(-1, 1, 6).reshape(3, 2), np.array([0.5, -0.25])]
+    ts = [torch.tensor(p, requires_grad=True) for p in p0]
+    opt = make_opt(ts)
+    sched = make_sched(opt)
+    tx = optim.from_torch(opt, [jnp.asarray(p) for p in p0], scheduler=sched)
+    grads = random_grads(shapes, 30)
+    for g in grads:
+        for t, gi in zip(ts, g):
+            t.grad = torch.tensor(gi)
+        opt.step()
+        sched.step()
+    params = [jnp.asarray(p) for p in p0]
+    state = tx.init(params)
+    for g in grads:
+        u, state = tx.update([jnp.asarray(x) for x in g], state, params)
+        params = optax.apply_updates(params, u)
+    for a, t in zip(params, ts):
+        np.testing.assert_allclose(np.asarray(a), t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_from_torch_refuses_schedulers_it_cannot_translate():
+    ts = [torch.zeros(3, requires_grad=True)]
+    opt = torch.optim.SGD(ts, lr=0.1)
+    lam = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.9**e)
+    with pytest.raises(ValueError, match="schedule_from_torch"):
+        optim.from_torch(opt, [jnp.zeros(3)], scheduler=lam)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+    with pytest.raises(ValueError, match="reduce_lr_on_plateau"):
+        optim.from_torch(opt, [jnp.zeros(3)], scheduler=plateau)
+    other = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="another optimizer"):
+        optim.from_torch(other, [jnp.zeros(1)], scheduler=lam)
