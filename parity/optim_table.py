@@ -1,4 +1,4 @@
-"""``python -m parity.optim_table``: the README table of jaxreg.optim vs torch.optim.
+"""``python -m parity.optim_table``: the table of jaxreg.optim vs torch.optim in docs/optim.md.
 
 For every optimizer, the worst relative deviation over its flag grid (100 steps of
 random gradients): jaxreg-f64 vs torch-f64, jaxreg-f32 vs torch-f32, and torch's own

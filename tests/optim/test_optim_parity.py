@@ -29,7 +29,7 @@ STEPS = 100
 POINTS = list(grid_points())
 IDS = [p[2] for p in POINTS]
 
-# Measured deviations, filled by the tests, printed by the README table generator.
+# Measured deviations, filled by the tests, printed by the table generator (docs/optim.md).
 MEASURED: dict[str, dict[str, float]] = {}
 
 

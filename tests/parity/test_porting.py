@@ -342,7 +342,7 @@ def test_jaxreg_batchnorm_is_torchs(kw):
     assert abs(float(fbn.var.get_value()[0]) - float(jbn.var.get_value()[0])) > 1e-3
 
 
-# --- each converted layer type, with the README's settings, against torch's forward ----------
+# --- each converted layer type, with jaxreg.nn's recommended settings, against torch ---
 
 
 def _nnx_f64(**kw):
