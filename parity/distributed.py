@@ -224,9 +224,9 @@ def _launch(
 
 def _max_step_diff(a: dict, b: dict) -> tuple[float, float]:
     """(max relative parameter difference over all steps and leaves, max loss difference)."""
-    from parity.run import _rel_diff
+    from parity.compare import rel_diff
 
-    dp = max(max(_rel_diff(a[k][t], b[k][t]) for t in range(len(b[k]))) for k in b if k != "loss")
+    dp = max(max(rel_diff(a[k][t], b[k][t]) for t in range(len(b[k]))) for k in b if k != "loss")
     dl = float(np.max(np.abs(a["loss"] - b["loss"]) / np.maximum(np.abs(b["loss"]), 1e-300)))
     return dp, dl
 

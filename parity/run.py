@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import jaxreg
 from parity import convert, models
+from parity.compare import rel_diff
 from parity.data import Digits, batch_indices, load_digits
 from parity.grid import MUTATIONS, OPTIMIZERS, REGS  # noqa: F401  (re-exported)
 
@@ -243,15 +244,6 @@ def _jax_loss(case: Case, model, has_bn: bool):
 
 
 # --- comparison ------------------------------------------------------------------------
-
-
-def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max(|b|, rms(b)) -- relative, with a floor at the leaf's RMS."""
-    b = np.asarray(b, np.float64)
-    a = np.asarray(a, np.float64)
-    rms = float(np.sqrt(np.mean(b * b))) if b.size else 0.0
-    denom = np.maximum(np.abs(b), max(rms, 1e-300))
-    return float(np.max(np.abs(a - b) / denom, initial=0.0))
 
 
 def _flat_vars(variables: dict) -> dict[str, np.ndarray]:
@@ -483,15 +475,15 @@ def forced_step_errors(
             bo = torch.tensor(reordered, device=tdev)
             _torch_step(case, tp, optp, x32[bo], y_all[bo])
             snap_p = _torch_snapshot(tp, cmp_layers)
-            noise = max(noise, max(_rel_diff(snap_p[k], v) for k, v in ref.items()))
+            noise = max(noise, max(rel_diff(snap_p[k], v) for k, v in ref.items()))
         # torch-f32's own step (its free-running trajectory continues from here).
         loss, acc = _torch_step(case, t32, opt32, x32[b], y_all[b])
         losses.append(loss)
         accs.append(acc)
         snap_t = _torch_snapshot(t32, cmp_layers)
         snaps.append(snap_t)
-        e_jax.append(max(_rel_diff(snap_j[k], v) for k, v in ref.items()))
-        e_torch.append(max(noise, max(_rel_diff(snap_t[k], v) for k, v in ref.items())))
+        e_jax.append(max(rel_diff(snap_j[k], v) for k, v in ref.items()))
+        e_torch.append(max(noise, max(rel_diff(snap_t[k], v) for k, v in ref.items())))
 
     def predict(x):
         t32.eval()
@@ -508,7 +500,7 @@ def trajectory_diff(a: History, b: History) -> tuple[list[float], dict[str, floa
     for sa, sb in zip(a.snapshots, b.snapshots):
         worst = 0.0
         for k, vb in sb.items():
-            d = _rel_diff(sa[k], vb)
+            d = rel_diff(sa[k], vb)
             per_leaf[k] = max(per_leaf.get(k, 0.0), d)
             worst = max(worst, d)
         per_step.append(worst)
@@ -533,7 +525,7 @@ def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> Cas
     dparam, per_leaf = trajectory_diff(hj, ht)
     tr_t, tr_j = ht.predict(data.x_train), hj.predict(data.x_train)
     te_t, te_j = ht.predict(data.x_test), hj.predict(data.x_test)
-    eval_dlogits = _rel_diff(te_j, te_t)
+    eval_dlogits = rel_diff(te_j, te_t)
     if case.dtype == "float64":
         tol, judged = F64_TOL, dparam
     else:
