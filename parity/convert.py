@@ -383,11 +383,9 @@ def _flax_modules(target: Any) -> tuple[dict[tuple[str, ...], dict[str, tuple[st
         from flax import nnx
 
         for path, var in nnx.to_flat_state(nnx.state(target)):
-            kind = type(var).__name__
-            coll = "params" if isinstance(var, nnx.Param) else "batch_stats"
             if not isinstance(var, (nnx.Param, nnx.BatchStat)):
                 continue  # RNG counts and the like
-            del kind
+            coll = "params" if isinstance(var, nnx.Param) else "batch_stats"
             parts = tuple(str(p) for p in path)
             mods.setdefault(parts[:-1], {})[parts[-1]] = (coll, var.get_value())
         return mods, "nnx"
@@ -538,7 +536,6 @@ def module_map(
     rename = dict(rename or {})
     problems: list[str] = []
     leaves: list[LeafMap] = []
-    used_flax: set[tuple[str, ...]] = set()
     consumed: set[str] = set()
     sd = torch_module.state_dict()
     for name, mod, kind in layers:
@@ -567,8 +564,6 @@ def module_map(
         key = (name + ".") if name else ""
         if kind == "MultiheadAttention":
             maps, errs = _mha(mod, key, hit, fl)
-            for sub in ("query", "key", "value", "out"):
-                used_flax.add((*hit, sub))
         else:
             maps, errs = [], []
             own = {k for k, v in mod._parameters.items() if v is not None}
@@ -585,7 +580,6 @@ def module_map(
                     LeafMap(key + attr, ((coll, *hit, leaf),), _one(fwd), _unone(inv),
                             attr in mod._parameters)
                 )  # fmt: skip
-            used_flax.add(hit)
         for lm in maps:
             converted = lm.to_flax(_np(sd[lm.torch_key]))
             for path, arr in zip(lm.flax_paths, converted):
