@@ -192,16 +192,13 @@ def _state_fields(opt_state: Any) -> dict[str, Any]:
     return found
 
 
-def _leaf_at(tree: Any, path: tuple[str, ...]) -> Any:
-    """The leaf of ``tree`` at a path (nnx ``Variable`` levels hidden, as jaxreg's paths)."""
+def _by_path(tree: Any) -> dict[tuple[str, ...], Any]:
+    """``{path: leaf}`` of a tree (nnx ``Variable`` levels hidden, as jaxreg's paths)."""
     import jax
 
     from jaxreg._tree import leaf_paths
 
-    for p, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree)):
-        if p == path:
-            return leaf
-    return None
+    return dict(zip(leaf_paths(tree), jax.tree.leaves(tree)))
 
 
 def compare(
@@ -308,7 +305,7 @@ def compare(
 
 
 def _state_diff(torch_optimizer, jax_opt_state, mm, param_of, leaf_max):
-    fields = _state_fields(jax_opt_state)
+    fields = {k: _by_path(v) for k, v in _state_fields(jax_opt_state).items()}
     by_key = {lm.torch_key: lm for lm in mm.leaves if len(lm.flax_paths) == 1}
     worst, worst_name = 0.0, None
     for group in torch_optimizer.param_groups:
@@ -323,7 +320,7 @@ def _state_diff(torch_optimizer, jax_opt_state, mm, param_of, leaf_max):
                 ):
                     continue
                 ref = lm.to_flax(convert._np(value))[0]
-                got = _leaf_at(fields[key], lm.flax_paths[0][1:])
+                got = fields[key].get(lm.flax_paths[0][1:])
                 if got is None:
                     continue
                 d = rel_diff(got, ref)
