@@ -336,36 +336,30 @@ def from_torch(
         raise ValueError("from_torch: the scheduler belongs to another optimizer")
     txs = []
     for gi, group in enumerate(torch_optimizer.param_groups):
+        kw = _group_kwargs(factory, group)
         if scheduler is not None:
-            sched_lr, sched_mom = _schedule_of(scheduler, gi)
-            kw = _group_kwargs(factory, group)
-            kw["lr"] = sched_lr
-            if sched_mom is not None:
+            kw["lr"], momentum = _schedule_of(scheduler, gi)
+            if momentum is not None:  # OneCycleLR/CyclicLR cycle momentum or betas[0]
                 if "betas" in kw:
-                    kw["betas"] = (sched_mom, kw["betas"][1])
+                    kw["betas"] = (momentum, kw["betas"][1])
                 else:
-                    kw["momentum"] = sched_mom
-            if factory in (nadam, asgd):
-                kw["torch_scalar_dtype"] = _torch_default_dtype(torch_optimizer)
-            txs.append(factory(**kw))
-            continue
-        if lr is None and "initial_lr" in group:
+                    kw["momentum"] = momentum
+        elif lr is not None:
+            kw["lr"] = lr
+        elif "initial_lr" in group:
             raise ValueError(
                 f"from_torch: param group {gi} has 'initial_lr' ({group['initial_lr']}), so a "
                 f"torch LR scheduler is attached; its current lr ({group['lr']}) would be "
                 "frozen as a constant. Pass scheduler=, or lr= a schedule "
                 "(jaxreg.optim.lr_scheduler), or lr=group['lr'] for a constant"
             )
-        if lr is None and hasattr(group.get("lr"), "item"):
+        elif hasattr(group.get("lr"), "item"):
             raise ValueError(
                 f"from_torch: param group {gi} has a Tensor lr; torch then computes the "
                 "step's lr scalars as float32 tensor operations, which jaxreg.optim does not "
-                "reproduce (1e-6 apart after tens of steps). Pass lr=float(group['lr']) to "
-                "run with the lr as a float64 scalar, knowing that"
+                "reproduce (its trajectory differs from the float lr's). Pass "
+                "lr=float(group['lr']) to run with the lr as a float64 scalar, knowing that"
             )
-        kw = _group_kwargs(factory, group)
-        if lr is not None:
-            kw["lr"] = lr
         if factory in (nadam, asgd):  # torch keeps these scalars in its default dtype
             kw["torch_scalar_dtype"] = _torch_default_dtype(torch_optimizer)
         txs.append(factory(**kw))

@@ -104,7 +104,6 @@ def test_compare_flags_a_port_that_differs():
     coefficient) is flagged, at a named step and leaf."""
 
     def optax_clip_port(variables, dtype):
-        state, _, model = recipe_jax.make(variables, dtype)
         orig = jaxreg.optim.clip_grad_norm
         try:
             jaxreg.optim.clip_grad_norm = optax.clip_by_global_norm
