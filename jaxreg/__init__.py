@@ -21,6 +21,7 @@ from jaxreg._structured import (
     l2_to_reference_penalty,
     orthogonal_penalty,
 )
+from jaxreg._validate import ScalarOrSchedule
 from jaxreg.prox import ProximalState, proximal
 
 __version__ = "0.1.0"
@@ -51,5 +52,6 @@ __all__ = [
     "skip_nonfinite",
     "skip_unused",
     "ScheduleState",
+    "ScalarOrSchedule",
     "__version__",
 ]

@@ -115,7 +115,9 @@ def regularizing_transform(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def add_weight_decay(weight_decay: ScalarOrSchedule, mask: MaskLike = None):
+def add_weight_decay(
+    weight_decay: ScalarOrSchedule, mask: MaskLike = None
+) -> optax.GradientTransformation:
     r"""Coupled L2 weight decay: :math:`g \leftarrow g + \lambda\,\theta`.
 
     This is PyTorch's ``weight_decay=`` in ``SGD``, ``Adam``, ``RMSprop``, ``Adagrad``, ...
@@ -157,7 +159,7 @@ def decoupled_weight_decay(
     mode: str = "lr",
     max_learning_rate: float | None = None,
     power: float = 1.0,
-):
+) -> optax.GradientTransformation:
     r"""Decoupled weight decay: :math:`u \leftarrow u - \lambda\, f(\eta_t)\, \theta_{t-1}`.
 
     Chained *after* a base optimizer, the step becomes
@@ -234,7 +236,7 @@ def decoupled_weight_decay(
     )
 
 
-def add_l1_decay(alpha: ScalarOrSchedule, mask: MaskLike = None):
+def add_l1_decay(alpha: ScalarOrSchedule, mask: MaskLike = None) -> optax.GradientTransformation:
     r"""L1 decay in the gradient: :math:`g \leftarrow g + \alpha\,\operatorname{sign}(\theta)`.
 
     The gradient of :math:`\alpha` ``* l1_penalty``, with the same convention

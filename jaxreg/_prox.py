@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxreg._decay import regularizing_transform
 from jaxreg._validate import ScalarOrSchedule
@@ -30,7 +31,7 @@ def _prox_update(u: jax.Array, p: jax.Array, l1: jax.Array, l2: jax.Array) -> ja
     return soft_threshold(proposed, l1) / (1 + 2 * l2) - p
 
 
-def prox_l1(threshold: ScalarOrSchedule, mask: MaskLike = None):
+def prox_l1(threshold: ScalarOrSchedule, mask: MaskLike = None) -> optax.GradientTransformation:
     r"""Proximal L1 step after the base update (ISTA / proximal gradient).
 
     With :math:`\tilde\theta = \theta + u` the base optimizer's proposed point, the
@@ -64,7 +65,9 @@ def prox_l1(threshold: ScalarOrSchedule, mask: MaskLike = None):
     )
 
 
-def prox_elastic_net(l1: ScalarOrSchedule, l2: ScalarOrSchedule, mask: MaskLike = None):
+def prox_elastic_net(
+    l1: ScalarOrSchedule, l2: ScalarOrSchedule, mask: MaskLike = None
+) -> optax.GradientTransformation:
     r"""Proximal elastic-net step after the base update.
 
     The proximal operator of :math:`\ell_1\|\theta\|_1 + \ell_2\|\theta\|_2^2` (jaxreg's

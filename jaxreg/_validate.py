@@ -12,6 +12,7 @@ import numpy as np
 
 #: A hyperparameter: a Python float, a scalar array, or an Optax schedule ``count -> value``.
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+"""A hyperparameter: a float, a scalar array, or an Optax schedule (step count -> value)."""
 
 
 def concrete_float(value: Any) -> float | None:

@@ -53,10 +53,12 @@ import numpy as np
 
 from jaxreg._tree import is_float_leaf
 
-__all__ = ["FlatParams", "Layout", "ravel", "unravel_all", "is_flat"]
+__all__ = ["FlatParams", "Layout", "Slot", "ravel", "unravel_all", "is_flat"]
 
 
-class _Slot(NamedTuple):
+class Slot(NamedTuple):
+    """Where one leaf lives: buffer ``group``, elements ``offset`` to ``offset + prod(shape)``."""
+
     group: int  # index of the buffer
     offset: int  # first element in the buffer
     shape: tuple[int, ...]
@@ -70,7 +72,7 @@ class Layout(NamedTuple):
     dtypes: tuple[str, ...]  # one per buffer
     factors: tuple[float, ...]  # one per buffer: the mask's multiplier
     lengths: tuple[int, ...]  # one per buffer, padding included
-    slots: tuple[_Slot, ...]  # one per leaf, in ``jax.tree.leaves`` order
+    slots: tuple[Slot, ...]  # one per leaf, in ``jax.tree.leaves`` order
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -222,7 +224,7 @@ def ravel(params: Any, mask: Any = None, *, pad_to: int = 1) -> FlatParams:
             fill.append(0)
         g = groups[name]
         shape = tuple(int(d) for d in np.shape(x))
-        slots.append(_Slot(g, fill[g], shape))
+        slots.append(Slot(g, fill[g], shape))
         fill[g] += int(np.prod(shape, dtype=np.int64))
     lengths = tuple(-(-n // pad_to) * pad_to for n in fill)
     layout = Layout(treedef, tuple(names), tuple(dtypes), tuple(gfactors), lengths, tuple(slots))

@@ -41,8 +41,8 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import jax
 import numpy as np
@@ -60,6 +60,7 @@ from jaxreg._validate import check_nonnegative
 from jaxreg.flat import _reject_flat
 
 __all__ = [
+    "MaskLike",
     "Mask",
     "UnmatchedPatternWarning",
     "NORM_LAYERS",
@@ -82,8 +83,6 @@ __all__ = [
     "selected_paths",
     "describe",
 ]
-
-MaskLike = Any  # None | bool/multiplier pytree | Callable[[params], pytree] | Mask
 
 
 class Mask:
@@ -138,6 +137,17 @@ class _FactorMask(Mask):
 
     def select(self, params: Any) -> list[bool]:
         return [f != 0.0 for f in self.factors(params)]
+
+
+MaskLike: TypeAlias = (
+    Mask | Callable[[Any], Any] | Mapping[str, Any] | Sequence[Any] | bool | float | None
+)
+"""What every ``mask=`` / ``weight_decay_mask=`` argument takes.
+
+``None`` (every float leaf); a :class:`Mask`; a callable ``params -> tree``; or a tree of
+bools or non-negative multipliers (dicts, lists, tuples, ``nnx.State``; any other pytree node
+is accepted too), full or a prefix of the params tree.
+"""
 
 
 def _bool_factors(mask: Mask, params: Any, op: str) -> list[float]:
@@ -303,9 +313,7 @@ class _PatternMask(Mask):
         paths = leaf_paths(params)
         hits = [[m(path) for m in self._matchers] for path in paths]
         if paths and self._on_unmatched != "ignore":
-            missed = [
-                pat for j, pat in enumerate(self._patterns) if not any(h[j] for h in hits)
-            ]
+            missed = [pat for j, pat in enumerate(self._patterns) if not any(h[j] for h in hits)]
             if missed and self._on_unmatched == "error":
                 raise ValueError(
                     f"{self._name}: {self._kind} {', '.join(map(repr, missed))} matches no "
@@ -877,5 +885,5 @@ def describe(mask: MaskLike, params: Any) -> str:
 
 
 NORM_LAYERS: tuple[type, ...] = _norm_layers()
-"""Flax's normalization layers, linen and nnx: ``BatchNorm``, ``LayerNorm``,
+"""The normalization layers of Flax (linen and nnx) -- ``BatchNorm``, ``LayerNorm``,
 ``GroupNorm``, ``RMSNorm``, ``InstanceNorm`` (those the installed Flax has)."""

@@ -20,7 +20,7 @@ and the formulas below say what is computed:
 Differences from jaxopt, all on inputs jaxopt mishandles: hyperparameters may be any
 scalar (jaxopt's ``prox_elastic_net`` treats a ``jnp`` scalar as a pytree), negative
 or non-finite concrete hyperparameters raise ``ValueError``, and
-:func:`prox_group_lasso` has a finite gradient at ``x = 0``.
+:func:`jaxreg.prox.prox_group_lasso` has a finite gradient at ``x = 0``.
 
 To use one inside training, :func:`jaxreg.proximal` applies it after any Optax
 optimizer (proximal gradient / ISTA), optionally with FISTA's acceleration.
@@ -301,7 +301,7 @@ def proximal(
 
     .. math:: x_{k+1} = \operatorname{prox}(\tilde\theta;\ \text{hp},\ s_k)
 
-    on every selected leaf (each leaf is its own ``x``, so :func:`prox_group_lasso`
+    on every selected leaf (each leaf is its own ``x``, so :func:`jaxreg.prox.prox_group_lasso`
     makes each leaf a group); unselected leaves take the base step. With
     ``base = optax.sgd(η)`` and :math:`s_k = \eta` this is ISTA for
     :math:`f + g`. A mask multiplier :math:`m` scales :math:`s_k` on its leaf.

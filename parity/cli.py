@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from parity.grid import MODELS, MUTATIONS, OPTIMIZERS, REGS
+from parity.progress import Progress
 
 F32_STEPS = 200
 
@@ -107,7 +108,7 @@ def parse_args(argv):
 def missing_extra() -> str | None:
     """None, or one line naming the missing modules of the ``parity`` extra and the fix."""
     missing = []
-    for mod in ("torch", "sklearn", "matplotlib"):
+    for mod in ("torch", "sklearn", "matplotlib", "tqdm"):
         try:
             __import__(mod)
         except ImportError:
@@ -184,15 +185,6 @@ def _work(case, device):
     from parity.run import run_case
 
     return run_case(case, _DATA, device="gpu" if device == "gpu" else "cpu")
-
-
-def _progress(i, n, label, t0):
-    width = 28
-    done = int(width * i / n)
-    sys.stderr.write(
-        f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {time.time() - t0:5.0f}s {label[:60]:60s}"
-    )
-    sys.stderr.flush()
 
 
 def _distributed(args) -> int:
@@ -304,16 +296,18 @@ def main(argv=None) -> int:
     pool = ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args.device,)
     )
+    progress = Progress(len(cases), "parity")
     try:
         futures = [pool.submit(_work, c, args.device) for c in cases]
-        for i, (c, f) in enumerate(zip(cases, futures), 1):
+        for c, f in zip(cases, futures):
             results.append(f.result())
-            _progress(i, len(cases), f"{c.name} {'PASS' if results[-1].passed else 'FAIL'}", t0)
+            progress.done(f"{c.name} {'PASS' if results[-1].passed else 'FAIL'}")
+        progress.close()
         pool.shutdown()
-        sys.stderr.write("\n")
         ids = run_identities(data, steps=steps)
         effect = [train_effect(data, reg, steps=300 if args.quick else 1500) for reg in EFFECT_REGS]
     except KeyboardInterrupt:
+        progress.close()
         _stop(pool)
         run_info.update(status="partial", finished=_now(), cases_done=len(results))
         written = write_report(args.out, env, results, ids, effect, plots=False)

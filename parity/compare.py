@@ -20,9 +20,9 @@ import numpy as np
 
 from parity import convert
 
-#: Relative tolerances per dtype. float64: the two frameworks do the same arithmetic in
+#: Relative tolerances per dtype. In float64 the two frameworks do the same arithmetic in
 #: a different order; measured drift on the suite's models ≤ 2e-12 over 300 steps, and
-#: every semantic difference the suite plants shows at ≥ 1e-6. float32: a float32 run
+#: every semantic difference the suite plants shows at ≥ 1e-6. In float32 a run
 #: carries ~1e-7 relative rounding per step that compounds differently in each
 #: framework; 1e-4 over a short run separates that from a semantic difference (the
 #: planted ones reach ≥ 1e-3 within tens of steps), but it is a smoke test, not the
@@ -245,7 +245,8 @@ def compare(
         default: the batch itself.
       torch_optimizer, jax_opt_state: compare optimizer states too (``jax_opt_state``:
         ``state -> the jaxreg.optim state``).
-      dtype: ``"float64"`` or ``"float32"``: picks the tolerance (:data:`TOLERANCES`).
+      dtype: ``"float64"`` or ``"float32"``: picks the tolerance
+        (:data:`parity.compare.TOLERANCES`).
       tolerance: override the relative tolerance.
       rename, flatten, example_input: for the module map (:func:`parity.convert.module_map`).
 
@@ -271,7 +272,8 @@ def compare(
     leaf_max: dict[str, float] = {}
     divergence = None
     for k, batch in enumerate(batches):
-        lt = float(torch_step(torch_batch(batch)))
+        lt = torch_step(torch_batch(batch))
+        lt = float(lt.detach() if hasattr(lt, "detach") else lt)  # the loss tensor as returned
         jax_state, lj = jax_step(jax_state, jax_batch(batch))
         lj = float(lj)
         dloss = abs(lj - lt) / max(abs(lt), 1e-300) if math.isfinite(lt) else math.inf

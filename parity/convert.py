@@ -668,8 +668,8 @@ def from_torch(
       rename, flatten, example_input: as for :func:`module_map`.
 
     Returns:
-      linen: a new variables dict (``params``, ``batch_stats`` and any other collection
-      of ``flax_target`` unchanged); nnx: the module, updated.
+      For linen variables, a new variables dict (``params``, ``batch_stats`` and any other
+      collection of ``flax_target`` unchanged); for an nnx module, the module, updated.
 
     Raises:
       ValueError: naming every module that did not fit (:func:`module_map`).

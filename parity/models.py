@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from parity.convert import BatchNorm, Conv2d, LayerNorm, Linear
-from parity.grid import MODELS  # noqa: F401  (re-exported)
 
 HIDDEN = 32
 CONV1, CONV2 = 8, 16

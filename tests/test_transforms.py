@@ -86,15 +86,17 @@ def test_penalty_in_loss_with_sgd_equals_weight_decay_two_lambda():
     tx_pen = optax.sgd(lr)
     tx_dec = optax.chain(jaxreg.add_weight_decay(2 * lam), optax.sgd(lr))
 
+    def step(_, carry):
+        p_pen, s_pen, p_dec, s_dec = carry
+        u, s_pen = tx_pen.update(jax.grad(loss_pen)(p_pen), s_pen, p_pen)
+        p_pen = optax.apply_updates(p_pen, u)
+        u, s_dec = tx_dec.update(jax.grad(data_loss)(p_dec), s_dec, p_dec)
+        p_dec = optax.apply_updates(p_dec, u)
+        return p_pen, s_pen, p_dec, s_dec
+
     @jax.jit
-    def run(p):
-        s_pen, s_dec = tx_pen.init(p), tx_dec.init(p)
-        p_pen = p_dec = p
-        for _ in range(50):
-            u, s_pen = tx_pen.update(jax.grad(loss_pen)(p_pen), s_pen, p_pen)
-            p_pen = optax.apply_updates(p_pen, u)
-            u, s_dec = tx_dec.update(jax.grad(data_loss)(p_dec), s_dec, p_dec)
-            p_dec = optax.apply_updates(p_dec, u)
+    def run(p):  # a rolled loop: one step compiled once, not a 50-step unrolled graph
+        p_pen, _, p_dec, _ = jax.lax.fori_loop(0, 50, step, (p, tx_pen.init(p), p, tx_dec.init(p)))
         return p_pen, p_dec
 
     p_pen, p_dec = run(params)

@@ -59,10 +59,11 @@ def adafactor(
     ``optax.adafactor`` there is no first moment, the decay is relative-step style
     ``t**beta2_decay`` and the step is scaled by the parameter RMS.
 
+    Other arguments: torch.optim.Adafactor's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.Adafactor's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

@@ -224,10 +224,11 @@ def adamax(
 
     Same as ``optax.adamax`` up to rounding, with torch's defaults and eps placement.
 
+    Other arguments: torch.optim.Adamax's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.Adamax's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -312,10 +313,11 @@ def nadam(
     ``torch.set_default_dtype(torch.float64)`` -- even for float64 parameters;
     ``torch_scalar_dtype`` (a jaxreg extension) says which, default float32.
 
+    Other arguments: torch.optim.NAdam's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.NAdam's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -400,10 +402,11 @@ def radam(
 
     ``optax.radam`` uses a different threshold and eps placement (1e-10 to 3e-8 apart).
 
+    Other arguments: torch.optim.RAdam's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.RAdam's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

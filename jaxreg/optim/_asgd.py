@@ -52,10 +52,11 @@ def asgd(
     With an ``lr`` schedule, ``eta`` uses the lr of the step that computes it, as torch
     (which reads ``group['lr']`` then).
 
+    Other arguments: torch.optim.ASGD's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.ASGD's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

@@ -61,7 +61,7 @@ def get_total_norm(grads: Any, norm_type: float = 2.0) -> jax.Array:
 
     Args:
       grads: a pytree of gradients.
-      norm_type: the p of the p-norm (``float("inf")``: max |g|; 0: non-zero count).
+      norm_type: the p of the p-norm (``float("inf")``: max ``|g|``; 0: non-zero count).
 
     Returns:
       A 0-d array.
@@ -91,7 +91,7 @@ def clip_grad_norm(
     ``+ 1e-6`` means a norm just above ``max_norm`` is still scaled slightly), the
     coefficient is cast to each gradient's dtype, a NaN norm makes every gradient NaN
     and an infinite one makes them 0 (NaN where a gradient is itself infinite) -- all
-    as torch. ``norm_type`` may be any float, ``inf`` (max |g|) included.
+    as torch. ``norm_type`` may be any float, ``inf`` (max ``|g|``) included.
 
     Differences from ``optax.clip_by_global_norm``: Optax scales by ``max_norm / norm``
     only when ``norm > max_norm`` (no ``1e-6``), and its norm is one sum of squares over

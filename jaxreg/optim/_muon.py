@@ -126,17 +126,19 @@ def muon(
     Use ``optax.multi_transform`` to give non-matrix parameters another optimizer.
     On parameters sharded over explicit mesh axes (``jax.set_mesh``) the iteration
     gathers each update matrix and reshards the result to the parameter's sharding
-    (:func:`orthogonalize`); with automatic sharding XLA places the collectives.
+    (``orthogonalize`` in ``jaxreg/optim/_muon.py``); with automatic sharding XLA places the
+    collectives.
 
     Raises:
       ValueError: as torch: negative lr/momentum/weight_decay, unknown ``adjust_lr_fn``,
         ``ns_steps >= 100``, ``ns_coefficients`` not 3 values; and at ``init``, a
         parameter that is not 2-D (naming its path).
 
+    Other arguments: torch.optim.Muon's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.Muon's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

@@ -48,10 +48,11 @@ def rmsprop(
     Stock ``optax.rmsprop`` defaults to decay 0.9 and puts eps inside the sqrt
     (``eps_in_sqrt=True``); torch uses 0.99 and eps outside.
 
+    Other arguments: torch.optim.RMSprop's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.RMSprop's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -150,10 +151,11 @@ def adagrad(
     ``optax.adagrad`` puts eps inside the sqrt, defaults the accumulator to 0.1 and
     has no ``lr_decay``.
 
+    Other arguments: torch.optim.Adagrad's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.Adagrad's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -230,10 +232,11 @@ def adadelta(
 
     Same algorithm as ``optax.adadelta`` (which defaults to ``learning_rate=None``).
 
+    Other arguments: torch.optim.Adadelta's, same names, defaults and meaning; kernel flags
+    (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
+
     Args:
       lr: learning rate, a float or an Optax schedule of the step count.
-      Other arguments: torch.optim.Adadelta's, same names, defaults and meaning; kernel
-        flags (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     if args.rounds:
         cfg["rounds"] = args.rounds
     try:
-        results = suite.run(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+        results = suite.run(cfg, progress=True)
     except BenchError as e:
         sys.stderr.write(f"parity.bench: error: {e}\n")
         return 1

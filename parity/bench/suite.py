@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from parity.bench.harness import Subject, check_guards, measure
+from parity.progress import Progress
 
 TORCH_VARIANTS = ("torch_loop", "torch_foreach", "torch_fused", "torch_compile")
 EAGER = ("torch_loop", "torch_foreach", "torch_fused")
@@ -98,14 +99,19 @@ def _params(spec: dict) -> int:
     return sum(leaf_sizes(spec))
 
 
-def run(cfg: dict, progress=print) -> dict[str, Any]:
-    """Measure every group of ``cfg`` (``FULL`` or ``QUICK``); return the results."""
+def run(cfg: dict, progress: bool = False) -> dict[str, Any]:
+    """Measure every group of ``cfg`` (``FULL`` or ``QUICK``); return the results.
+
+    With ``progress``, each finished group is reported on stderr (:class:`parity.progress.Progress`:
+    a live bar on a terminal, one line per group otherwise).
+    """
     cpus = sorted(os.sched_getaffinity(0))
     threads = len(cpus)
     groups = plan(cfg, threads, cpus)
     t0 = time.time()
     out = []
-    for i, (spec, subjects) in enumerate(groups, 1):
+    bar = Progress(len(groups), "bench") if progress else None
+    for spec, subjects in groups:
         measure(spec, subjects, cfg["rounds"], cfg["round_s"], cfg["ready_s"])
         check_guards(spec["kind"], subjects)
         by_key = {f"{s.framework}:{s.variant}": s.result for s in subjects}
@@ -113,7 +119,10 @@ def run(cfg: dict, progress=print) -> dict[str, Any]:
         if spec["case"] == "opt":
             entry["params"] = _params(spec)
         out.append(entry)
-        progress(f"[{i}/{len(groups)}] {time.time() - t0:5.0f}s {entry['label']}")
+        if bar is not None:
+            bar.done(entry["label"])
+    if bar is not None:
+        bar.close()
     results = {"environment": environment(threads, cpus, cfg), "groups": out}
     results["derived"] = derive(results)
     results["seconds"] = time.time() - t0

@@ -32,7 +32,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def tiny_run():  # the tests using it are marked slow: a real (tiny) benchmark run
-    return suite.run(TINY, progress=lambda m: None)
+    return suite.run(TINY)
 
 
 @pytest.mark.slow

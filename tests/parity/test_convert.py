@@ -10,6 +10,7 @@ import torch
 from flax import nnx
 
 from parity import convert, models
+from parity.grid import MODELS
 
 X = np.random.default_rng(0).random((7, 8, 8))
 
@@ -21,7 +22,7 @@ def _pair(name):
     return tm, fm, tmpl
 
 
-@pytest.mark.parametrize("name", models.MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_round_trip_is_exact(name):
     tm, _, tmpl = _pair(name)
     v = convert.torch_to_flax(tm.state_dict(), models.layers(name), tmpl)
@@ -31,7 +32,7 @@ def test_round_trip_is_exact(name):
         np.testing.assert_array_equal(back[k], t.numpy())
 
 
-@pytest.mark.parametrize("name", models.MODELS)
+@pytest.mark.parametrize("name", MODELS)
 def test_converted_model_gives_the_same_forward_output(name):
     tm, fm, tmpl = _pair(name)
     if name == "cnn_bn":  # non-trivial running statistics for the eval-mode check
