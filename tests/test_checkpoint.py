@@ -151,6 +151,7 @@ def _like():
     return {"w": jnp.zeros((256, 256), jnp.float32), "step": jnp.int32(0)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["state", "2"])
 def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path, kill_at):
     with _child(tmp_path, kill_at) as proc:
@@ -167,6 +168,7 @@ def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path, kill_at):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_kill_at_a_random_moment_of_continuous_saving(tmp_path):
     with _child(tmp_path, "loop") as proc:
         assert proc.stdout.readline().strip() == "saving"
@@ -317,6 +319,7 @@ LOCK_HOLDER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_writer_gets_a_named_error_at_once(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     with subprocess.Popen(

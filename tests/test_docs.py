@@ -70,6 +70,7 @@ def built(tmp_path_factory):
     return proc, out
 
 
+@pytest.mark.slow
 def test_docs_build_without_warnings(built):
     proc, out = built
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -77,6 +78,7 @@ def test_docs_build_without_warnings(built):
     assert (out / "index.html").exists()
 
 
+@pytest.mark.slow
 def test_reference_documents_every_public_name(built):
     from sphinx.util.inventory import InventoryFile
 

@@ -85,6 +85,7 @@ def test_nnx_state_round_trip_and_mask_groups():
     nnx.update(model, back)  # the unravelled state fits the model again
 
 
+@pytest.mark.slow
 def test_gradient_wrt_flat_params_is_the_per_leaf_gradient_packed():
     net = models.flax_model("mlp_ln", jnp.float64)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8, 8, 1)))
@@ -199,6 +200,7 @@ def _used(fp):
     return out
 
 
+@pytest.mark.slow
 def test_train_step_on_digits_equals_torch():
     """A whole jitted, donated train step on the parity MLP+LayerNorm (float64, 15 steps):
     the model reads flat.unravel(), AdamW decays weights only -- as torch with two groups."""

@@ -253,6 +253,7 @@ def test_torch_name_rules():
     assert masks.torch_name("encoder/proj/bias", ren) == "enc.proj.bias"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mlp_ln", "cnn_bn"])
 def test_timm_rule_round_trips_through_torch_names(arch):
     """timm's rule on torch named_parameters() == masks.timm_1d() on the Flax params."""

@@ -225,6 +225,7 @@ def random_trees(draw):
     return tree, mask
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(random_trees())
 def test_property_penalties_match_numpy_over_selected_float_leaves(tm):

@@ -158,6 +158,7 @@ def _torch_keras_orthogonal(w: torch.Tensor, mode: str, eps: float = 1e-7) -> to
     return 0.5 * off.abs().sum() / (n * (n - 1) / 2.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rows", "columns"])
 def test_orthogonal_penalty_matches_keras_formula_in_torch(mode):
     rng = np.random.default_rng(3)

@@ -74,6 +74,7 @@ def test_float64_equals_torch_fused(name, kw):
     assert all(o.dtype == np.float64 for o in out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw", POINTS, ids=IDS)
 def test_float32_within_float32_noise_of_torch_fused(name, kw):
     ref64, ref32 = _torch(name, kw, "float64"), _torch(name, kw, "float32")
@@ -143,6 +144,7 @@ def test_multipliers_mixed_dtypes_non_float_leaves_and_schedules():
         assert p1["h"].dtype == jnp.float32 and p1["k"].dtype == jnp.float64
 
 
+@pytest.mark.slow
 def test_many_small_leaves_and_no_donation():
     rng = np.random.default_rng(4)
     params = [jnp.asarray(rng.normal(size=(int(n),))) for n in rng.integers(1, 3000, 120)]
@@ -177,6 +179,7 @@ def test_cpu_without_numba_raises(monkeypatch):
         optim.fused_sgd(0.1, momentum=0.9)
 
 
+@pytest.mark.slow
 def test_single_threaded_kernels_when_numba_has_no_thread_safe_layer(monkeypatch):
     """Without omp/tbb, numba's workqueue layer would abort on concurrent launches: the
     kernels are then compiled without parallelism (a separate FFI target) -- same results."""

@@ -89,6 +89,7 @@ def test_complex_leaf_raises_naming_it(name):
         tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
 
 
+@pytest.mark.slow
 def test_complex_as_real_pair_matches_torch_complex():
     # The workaround the error names is exact: torch's Adam on a complex tensor equals
     # jaxreg's adam on its (..., 2) real view.

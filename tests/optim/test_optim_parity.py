@@ -49,6 +49,7 @@ def test_float64_trajectory_equals_torch(spec, kwargs, pid):
     assert all(o.dtype == np.float64 for o in out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec,kwargs,pid", POINTS, ids=IDS)
 def test_float32_trajectory_within_float32_noise(spec, kwargs, pid):
     p0, grads = params0(spec.shapes), random_grads(spec.shapes, STEPS)

@@ -63,6 +63,7 @@ def _jax_steps(tx, params, state, grads):
     return params, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("two_groups", [False, True], ids=["one-group", "two-groups"])
 @pytest.mark.parametrize("cls,kwargs", CASES, ids=IDS)
 def test_torch_to_jax_mid_run(cls, kwargs, two_groups):
@@ -88,6 +89,7 @@ def test_torch_to_jax_mid_run(cls, kwargs, two_groups):
     assert_trees_close(state, ref_state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls,kwargs", CASES, ids=IDS)
 def test_jax_to_torch_mid_run(cls, kwargs):
     shapes, p0, grads = _setup(cls, False)
@@ -293,6 +295,7 @@ def test_from_torch_follows_torchs_default_dtype(name):
     np.testing.assert_allclose(params[0], w.detach().numpy(), rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_from_torch_pairs_a_flax_model_by_module_name():
     """AdamW with a no-decay group on a torch CNN; the Flax twin's leaves are in alphabetical
     order and transposed layouts: pairing by position cannot work, by name it does."""
@@ -357,6 +360,7 @@ def test_from_torch_refuses_a_tensor_lr_it_does_not_reproduce():
     optim.from_torch(opt, [jnp.zeros(6)], lr=float(opt.param_groups[0]["lr"]))  # explicit
 
 
+@pytest.mark.slow
 def test_state_moves_between_torch_and_a_flax_layout_model():
     """AdamW on the BatchNorm CNN: 3 torch steps, its state into JAX (kernels transposed, the
     Linear's rows permuted), 3 JAX steps, back into torch, 3 torch steps == 9 torch steps."""

@@ -65,6 +65,7 @@ def test_report_and_files(tiny_run, tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 10_000 and len(written) == 2
 
 
+@pytest.mark.slow
 def test_guard_catches_a_semantic_difference():
     """A step without weight decay posing as the same semantics must fail the guard."""
     case = {"case": "opt", "kind": "opt", "opt": "sgd", "n": 10_000, "threads": 1, "cpus": None}
@@ -142,6 +143,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert len(err.splitlines()) == 1 and message in err
 
 
+@pytest.mark.slow
 def test_missing_extra_names_it():
     code = BLOCK_TORCH + "from parity.bench.__main__ import main; sys.exit(main(['--quick']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -189,6 +191,7 @@ def test_derived_uses_the_fused_step_when_present():
     assert targets["large-N sgd step (N=1e+07): jaxreg ÷ torch fused"]["met"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt,want", [("sgd", 20), ("adamw", 28)])
 def test_hlo_traffic_of_the_fused_step_is_one_pass(opt, want):
     import jax

@@ -22,6 +22,7 @@ def _pair(name):
     return tm, fm, tmpl
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_round_trip_is_exact(name):
     tm, _, tmpl = _pair(name)

@@ -45,6 +45,7 @@ def _tutorial(epochs=2):
     return report, stats, report.jax_state
 
 
+@pytest.mark.slow
 def test_tutorial_loop_ported_with_jaxreg_matches_torch(tmp_path):
     report, stats, state = _tutorial()
     assert report.passed, report.summary()
@@ -76,6 +77,7 @@ def _recipe(dtype, n_batches=None, port=recipe_jax.make, **compare_kw):
     return report, tm, stats, model, report.jax_state
 
 
+@pytest.mark.slow
 def test_realistic_recipe_ported_with_the_kit_matches_torch_in_float64():
     report, tm, stats, model, state = _recipe("float64")
     assert report.passed, report.summary()
@@ -94,11 +96,13 @@ def test_realistic_recipe_ported_with_the_kit_matches_torch_in_float64():
     assert parity.compare_rel_diff(got, ref) <= 1e-10
 
 
+@pytest.mark.slow
 def test_realistic_recipe_in_float32_stays_within_the_float32_tolerance():
     report, *_ = _recipe("float32", n_batches=30)
     assert report.passed, report.summary()
 
 
+@pytest.mark.slow
 def test_compare_flags_a_port_that_differs():
     """Power: the same port with Optax's clipping instead of torch's (the 1e-6 in torch's
     coefficient) is flagged, at a named step and leaf."""
@@ -177,6 +181,7 @@ class NnxResNet(nnx.Module):
         return self.head(jnp.mean(x, axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_a_model_the_suite_has_never_seen_converts_and_trains_identically():
     torch.manual_seed(3)
     tm = TorchResNet().double()
@@ -222,6 +227,7 @@ def test_a_model_the_suite_has_never_seen_converts_and_trains_identically():
     assert any(k.startswith("momentum_buffer:") for k in report.leaf_max)
 
 
+@pytest.mark.slow
 def test_converter_round_trip_is_bitwise_and_keeps_dtypes():
     torch.manual_seed(4)
     tm = TorchResNet().double()
@@ -244,6 +250,7 @@ def test_converter_round_trip_is_bitwise_and_keeps_dtypes():
     assert parity.compare_rel_diff(np.asarray(model(jnp.asarray(x[..., None]))), ref) <= 1e-12
 
 
+@pytest.mark.slow
 def test_multihead_attention_maps_onto_flax_attention():
     """nn.TransformerEncoderLayer (attention, feed-forward, two LayerNorms) vs its nnx twin."""
     torch.manual_seed(5)

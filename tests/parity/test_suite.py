@@ -72,6 +72,7 @@ def test_every_mutation_is_covered():
     assert {c.mutation for c in MUTATED} == set(MUTATIONS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", MUTATED, ids=[c.name for c in MUTATED])
 def test_planted_bug_is_caught(case):
     data = load_digits()
@@ -83,6 +84,7 @@ def test_planted_bug_is_caught(case):
     assert bad.max_dparam > 1e3 * clean.max_dparam
 
 
+@pytest.mark.slow
 def test_float32_case_is_judged_against_torch_noise():
     r = run_case(Case("mlp", "l2", "adam", dtype="float32", steps=20))
     assert r.passed and r.noise is not None and len(r.noise) == 20 and len(r.drift) == 20
@@ -142,6 +144,7 @@ def test_gpu_request_without_gpu_exits_2(capsys):
     assert "--device gpu" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_parity_extra_names_the_extra():
     """Without torch (simulated: the import fails) the CLI says which extra to install."""
     import subprocess
