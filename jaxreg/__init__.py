@@ -13,7 +13,17 @@ from jaxreg._decay import (
 )
 from jaxreg._guard import skip_nonfinite, skip_unused
 from jaxreg._penalties import elastic_net_penalty, l1_penalty, l2_penalty, regularized
-from jaxreg._prox import prox_elastic_net, prox_l1, soft_threshold
+from jaxreg._soft_threshold import (  # prox_l1, prox_elastic_net: deprecated names
+    prox_elastic_net as prox_elastic_net,
+)
+from jaxreg._soft_threshold import (
+    prox_l1 as prox_l1,
+)
+from jaxreg._soft_threshold import (
+    proximal_elastic_net,
+    proximal_l1,
+    soft_threshold,
+)
 from jaxreg._structured import (
     activity_penalty,
     equivalent_weight_decay,
@@ -46,8 +56,8 @@ __all__ = [
     "add_weight_decay",
     "decoupled_weight_decay",
     "add_l1_decay",
-    "prox_l1",
-    "prox_elastic_net",
+    "proximal_l1",
+    "proximal_elastic_net",
     "soft_threshold",
     "skip_nonfinite",
     "skip_unused",

@@ -241,7 +241,7 @@ def add_l1_decay(alpha: ScalarOrSchedule, mask: MaskLike = None) -> optax.Gradie
 
     The gradient of :math:`\alpha` ``* l1_penalty``, with the same convention
     :math:`\operatorname{sign}(0) = 0` (PyTorch autograd's). It does not produce exact
-    zeros; use :func:`jaxreg.prox_l1` for that.
+    zeros; use :func:`jaxreg.proximal_l1` for that.
 
     Args:
       alpha: :math:`\alpha \ge 0`; float, scalar array or schedule.

@@ -9,9 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over, _total, _weighted
-from jaxreg._tree import leaf_paths, path_str
+from jaxreg._tree import leaf_paths, path_str, reject_flat
 from jaxreg._validate import check_nonnegative, concrete_float
-from jaxreg.flat import _reject_flat
 from jaxreg.masks import MaskLike, resolve_factors
 
 __all__ = [
@@ -66,7 +65,7 @@ def group_lasso_penalty(params: Any, groups: str = "leaves", mask: MaskLike = No
     """
     if groups not in _GROUPS:
         raise ValueError(f"groups must be one of {_GROUPS}, got {groups!r}")
-    _reject_flat(params, "group_lasso_penalty")
+    reject_flat(params, "group_lasso_penalty")
 
     def term(x: jax.Array) -> jax.Array:
         sq = x * x
@@ -116,7 +115,7 @@ def orthogonal_penalty(
     """
     if mode not in ("rows", "columns"):
         raise ValueError(f"mode must be 'rows' or 'columns', got {mode!r}")
-    _reject_flat(params, "orthogonal_penalty")
+    reject_flat(params, "orthogonal_penalty")
     factors = resolve_factors(mask, params)
     terms = []
     for path, leaf, f in zip(leaf_paths(params), jax.tree.leaves(params), factors):

@@ -134,3 +134,32 @@ def torch_name_candidates(parts: list[str] | tuple[str, ...]) -> list[tuple[str,
                 step.append((*prefix, p))
         options = step
     return list(dict.fromkeys(options))
+
+
+# ---------------------------------------------------------------- FlatParams, seen from below
+# jaxreg.flat imports jaxreg.masks, so the modules beneath it recognise a FlatParams by the
+# class attribute it carries rather than by importing the class.
+
+
+def is_flat_params(x: Any) -> bool:
+    """True for a :class:`jaxreg.flat.FlatParams`."""
+    return getattr(type(x), "_jaxreg_flat_params", False) is True
+
+
+def contains_flat(tree: Any) -> bool:
+    """Whether any node of ``tree`` is a ``FlatParams``."""
+    return any(is_flat_params(n) for n in jax.tree.leaves(tree, is_leaf=is_flat_params))
+
+
+SHAPE_DEPENDENT = (
+    "depends on each parameter's shape and cannot run on a FlatParams (its leaves are 1-D "
+    "buffers of many parameters): use the per-leaf tree (flat.unravel()) or an elementwise "
+    "optimizer"
+)
+
+
+def reject_flat(tree: Any, who: str, reason: str = SHAPE_DEPENDENT) -> None:
+    """Raise ``ValueError(f"{who} {reason}")`` if ``tree`` holds a ``FlatParams`` (by
+    default: for shape-dependent code)."""
+    if contains_flat(tree):
+        raise ValueError(f"{who} {reason}")

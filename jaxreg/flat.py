@@ -19,7 +19,7 @@ at zero, so the padding never leaks into the parameters.
 
 Only elementwise updates give the same result on a flat buffer as on the tree: SGD,
 Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta, ASGD (and their fused
-steps), decoupled/coupled/L1 decay, ``prox_l1``/``prox_elastic_net``, global-norm
+steps), decoupled/coupled/L1 decay, ``proximal_l1``/``proximal_elastic_net``, global-norm
 clipping. Shape-dependent ones -- Adafactor's factored moments, Muon, group lasso,
 orthogonal penalties, per-leaf trust ratios -- are not; the jaxreg ones raise on a
 ``FlatParams``. Compute penalties on ``flat.unravel()`` inside the loss.
@@ -51,7 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._tree import is_float_leaf
+from jaxreg._tree import contains_flat, is_float_leaf
+from jaxreg.masks import resolve_factors
 
 __all__ = ["FlatParams", "Layout", "Slot", "ravel", "unravel_all", "is_flat"]
 
@@ -89,6 +90,7 @@ class FlatParams:
     """
 
     __slots__ = ("buffers", "layout")
+    _jaxreg_flat_params = True  # how the modules beneath jaxreg.flat recognise one
 
     def __init__(self, buffers: tuple[Any, ...], layout: Layout):
         self.buffers = tuple(buffers)
@@ -189,11 +191,10 @@ def ravel(params: Any, mask: Any = None, *, pad_to: int = 1) -> FlatParams:
       >>> fp.buffers[0].shape, fp.size
       ((8,), 7)
     """
-    from jaxreg.masks import resolve_factors  # masks imports this module
 
     if not isinstance(pad_to, (int, np.integer)) or isinstance(pad_to, bool) or pad_to < 1:
         raise ValueError(f"pad_to must be an int >= 1, got {pad_to!r}")
-    if _contains_flat(params):
+    if contains_flat(params):
         raise ValueError("ravel: params already holds a FlatParams; ravel the per-leaf tree")
     leaves, treedef = jax.tree.flatten(params)
     if not leaves:
@@ -299,24 +300,6 @@ def _check_like(tree: Any, layout: Layout) -> list[Any]:
 def is_flat(x: Any) -> bool:
     """True for a :class:`FlatParams`."""
     return isinstance(x, FlatParams)
-
-
-def _contains_flat(tree: Any) -> bool:
-    return any(is_flat(n) for n in jax.tree.leaves(tree, is_leaf=is_flat))
-
-
-_SHAPE_DEPENDENT = (
-    "depends on each parameter's shape and cannot run on a FlatParams (its leaves are 1-D "
-    "buffers of many parameters): use the per-leaf tree (flat.unravel()) or an elementwise "
-    "optimizer"
-)
-
-
-def _reject_flat(tree: Any, who: str, reason: str = _SHAPE_DEPENDENT) -> None:
-    """Raise ``ValueError(f"{who} {reason}")`` if ``tree`` holds a :class:`FlatParams`
-    (by default: for shape-dependent code)."""
-    if _contains_flat(tree):
-        raise ValueError(f"{who} {reason}")
 
 
 def unravel_all(tree: Any) -> Any:

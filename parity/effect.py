@@ -50,7 +50,8 @@ def _setup(reg: str, lr: float, strength: float):
     if reg == "decay":
         return {}, optax.chain(optax.adam(lr), jaxreg.decoupled_weight_decay(100 * strength, lr))
     if reg == "prox_l1":  # threshold lr·α per step, α = 100 × strength: visible sparsity
-        return {}, optax.chain(optax.adam(lr), jaxreg.prox_l1(lr * 100 * strength, mask=kernels))
+        prox = jaxreg.proximal_l1(lr * 100 * strength, mask=kernels)
+        return {}, optax.chain(optax.adam(lr), prox)
     raise ValueError(f"unknown regularization {reg!r}")
 
 

@@ -209,7 +209,7 @@ def _jax_optimizer(case: Case) -> optax.GradientTransformation:
     else:
         raise ValueError(f"unknown optimizer {opt!r}")
     if reg == "prox_l1":
-        tx = optax.chain(tx, jaxreg.prox_l1(lr * L1_ALPHA))
+        tx = optax.chain(tx, jaxreg.proximal_l1(lr * L1_ALPHA))
     return tx
 
 

@@ -124,12 +124,12 @@ def _get(tree, path):
 
 def run_torch_groups(make_opt, groups, params, grads, rename=None):
     """torch: the optimizer ``make_opt(param_groups)`` over tensors named by
-    ``masks.torch_name``, fed ``grads``; returns ``{torch name: array}``."""
+    ``optim.torch_name``, fed ``grads``; returns ``{torch name: array}``."""
     import torch
 
-    from jaxreg import masks
+    from jaxreg import optim
 
-    names = {masks.torch_name(p, rename): p for p in leaf_paths(params)}
+    names = {optim.torch_name(p, rename): p for p in leaf_paths(params)}
     tensors = {
         n: torch.tensor(np.asarray(_get(params, p)), requires_grad=True) for n, p in names.items()
     }
@@ -142,10 +142,10 @@ def run_torch_groups(make_opt, groups, params, grads, rename=None):
 
 
 def assert_equals_torch_named(jax_params, torch_params, rename=None, atol=F64_ATOL):
-    """Each leaf of ``jax_params`` equals the torch tensor of its ``masks.torch_name``."""
-    from jaxreg import masks
+    """Each leaf of ``jax_params`` equals the torch tensor of its ``optim.torch_name``."""
+    from jaxreg import optim
 
     for path in leaf_paths(jax_params):
         a = np.asarray(_get(jax_params, path))
-        b = torch_params[masks.torch_name(path, rename)]
+        b = torch_params[optim.torch_name(path, rename)]
         np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=path_str(path))

@@ -137,7 +137,7 @@ def test_training_on_flat_params_equals_torch_param_groups(opt):
     )
     fp = flat.ravel(params, mask=m, pad_to=8)
     assert sorted(fp.multipliers.values()) == [0.0, 0.25, 1.0, 3.0]
-    groups = masks.to_param_groups(m, params, weight_decay=base)
+    groups = optim.to_param_groups(m, params, weight_decay=base)
     wd = {"weight_decay": base, "weight_decay_mask": fp.multipliers}
     if opt.endswith("adamw"):
         make = optim.fused_adamw if opt.startswith("fused") else optim.adamw

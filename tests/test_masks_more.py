@@ -29,7 +29,7 @@ from helpers import (
 )
 
 import jaxreg
-from jaxreg import masks
+from jaxreg import masks, optim
 from jaxreg._tree import leaf_paths
 from parity.models import FlaxCNN, FlaxMLP, TorchCNN, TorchMLP
 
@@ -162,7 +162,7 @@ def test_multipliers_equal_torch_param_groups(opt):
     m = masks.multipliers(
         (masks.glob("fc2/*"), 0.25), (masks.glob("emb/**"), 3.0), (masks.no_bias_no_norm(), 1.0)
     )
-    groups = masks.to_param_groups(m, params, weight_decay=base)
+    groups = optim.to_param_groups(m, params, weight_decay=base)
     got = sorted((g["weight_decay"], sorted(g["params"])) for g in groups)
     want = [
         (0.0, ["fc1.bias", "ln.bias", "ln.weight"]),
@@ -203,10 +203,10 @@ def test_from_param_groups_round_trip_and_transforms():
         {"params": ["emb.weight"]},  # torch's default: the optimizer's weight_decay
         {"params": ["fc1.bias", "fc2.bias", "ln.weight", "ln.bias"], "weight_decay": 0.0},
     ]
-    m = masks.from_param_groups(groups, params, weight_decay=0.1)
+    m = optim.from_param_groups(groups, params, weight_decay=0.1)
     # leaves: emb/embedding, fc1/bias, fc1/kernel, fc2/bias, fc2/kernel, ln/bias, ln/scale
     assert masks.resolve_factors(m, params) == [1.0, 0.0, 0.5, 0.0, 0.5, 0.0, 0.0]
-    back = masks.to_param_groups(m, params, weight_decay=0.1)
+    back = optim.to_param_groups(m, params, weight_decay=0.1)
     assert sorted((g["weight_decay"], sorted(g["params"])) for g in back) == sorted(
         (g.get("weight_decay", 0.1), sorted(g["params"])) for g in groups
     )
@@ -220,8 +220,8 @@ def test_from_param_groups_round_trip_and_transforms():
 
 def test_param_group_errors():
     params, _ = named_problem()
-    ok = [{"params": [masks.torch_name(p) for p in leaf_paths(params)]}]
-    masks.from_param_groups(ok, params, weight_decay=0.1)
+    ok = [{"params": [optim.torch_name(p) for p in leaf_paths(params)]}]
+    optim.from_param_groups(ok, params, weight_decay=0.1)
     cases = [
         ([{"params": ["fc1.weight", "nope"]}], "no leaf is called 'nope'"),
         (ok + [{"params": ["fc1.weight"]}], "more than one group"),
@@ -230,27 +230,27 @@ def test_param_group_errors():
     ]
     for groups, match in cases:
         with pytest.raises(ValueError, match=match):
-            masks.from_param_groups(groups, params, weight_decay=0.1)
+            optim.from_param_groups(groups, params, weight_decay=0.1)
     with pytest.raises(ValueError, match="base weight_decay is 0"):
-        masks.from_param_groups([{**ok[0], "weight_decay": 0.1}], params, weight_decay=0.0)
+        optim.from_param_groups([{**ok[0], "weight_decay": 0.1}], params, weight_decay=0.0)
     clash = {"a": {"kernel": jnp.ones(2), "weight": jnp.ones(2)}}
     with pytest.raises(ValueError, match="both map to torch name 'a.weight'"):
-        masks.to_param_groups(None, clash, weight_decay=0.1)
+        optim.to_param_groups(None, clash, weight_decay=0.1)
     # a from_param_groups mask refuses params it was not built for
-    m = masks.from_param_groups(ok, params, weight_decay=0.1)
+    m = optim.from_param_groups(ok, params, weight_decay=0.1)
     with pytest.raises(ValueError, match="no entry for leaf 'x'"):
         masks.resolve_factors(m, {"x": jnp.ones(2)})
 
 
 def test_torch_name_rules():
-    assert masks.torch_name("conv1/kernel") == "conv1.weight"
-    assert masks.torch_name("bn1/scale") == "bn1.weight"
-    assert masks.torch_name("tok/embedding") == "tok.weight"
-    assert masks.torch_name(("blocks", "0", "bias")) == "blocks.0.bias"
+    assert optim.torch_name("conv1/kernel") == "conv1.weight"
+    assert optim.torch_name("bn1/scale") == "bn1.weight"
+    assert optim.torch_name("tok/embedding") == "tok.weight"
+    assert optim.torch_name(("blocks", "0", "bias")) == "blocks.0.bias"
     ren = {"Dense_0": "fc1", "encoder/layers_0": "encoder.layers.0", "encoder": "enc"}
-    assert masks.torch_name("Dense_0/kernel", ren) == "fc1.weight"
-    assert masks.torch_name("encoder/layers_0/kernel", ren) == "encoder.layers.0.weight"
-    assert masks.torch_name("encoder/proj/bias", ren) == "enc.proj.bias"
+    assert optim.torch_name("Dense_0/kernel", ren) == "fc1.weight"
+    assert optim.torch_name("encoder/layers_0/kernel", ren) == "encoder.layers.0.weight"
+    assert optim.torch_name("encoder/proj/bias", ren) == "enc.proj.bias"
 
 
 @pytest.mark.slow
@@ -275,11 +275,11 @@ def test_timm_rule_round_trips_through_torch_names(arch):
         {"params": decay, "weight_decay": 0.05},
     ]
     rule = masks.timm_1d([q.replace(".", "/") for q in nwd])
-    back = masks.to_param_groups(rule, params, weight_decay=0.05)
+    back = optim.to_param_groups(rule, params, weight_decay=0.05)
     assert sorted((g["weight_decay"], sorted(g["params"])) for g in back) == sorted(
         (g["weight_decay"], sorted(g["params"])) for g in torch_groups
     )
-    from_torch = masks.from_param_groups(torch_groups, params, weight_decay=0.05)
+    from_torch = optim.from_param_groups(torch_groups, params, weight_decay=0.05)
     assert masks.resolve(from_torch, params) == masks.resolve(rule, params)
 
 
@@ -494,3 +494,12 @@ def test_skip_unused_matches_torch(which):
     np.testing.assert_array_equal(np.asarray(skipped["aux"]["kernel"]), sd["aux.weight"].T)
     plain = train(tx)  # without skipping, decay moves the unused layer: torch does not
     assert np.max(np.abs(np.asarray(plain["aux"]["kernel"]) - ref_tree["aux"]["kernel"])) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["torch_name", "to_param_groups", "from_param_groups"])
+def test_param_group_helpers_moved_to_optim_old_names_warn(name):
+    with pytest.warns(DeprecationWarning, match=f"moved to jaxreg.optim.{name}"):
+        old = getattr(masks, name)
+    assert old is getattr(optim, name)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        masks.no_such_name  # noqa: B018

@@ -256,7 +256,7 @@ def test_proximal_equals_prox_l1_and_honours_mask_multipliers():
     np.testing.assert_allclose(new["a"], np.asarray(P.prox_lasso(base["a"], 0.2)), rtol=1e-15)
     np.testing.assert_allclose(new["b"], np.asarray(P.prox_lasso(base["b"], 0.6)), rtol=1e-15)
     np.testing.assert_array_equal(new["n"], p["n"])
-    tx_l1 = optax.chain(optax.sgd(0.1), jaxreg.prox_l1(0.2, mask=jaxreg.masks.glob("a")))
+    tx_l1 = optax.chain(optax.sgd(0.1), jaxreg.proximal_l1(0.2, mask=jaxreg.masks.glob("a")))
     u1, _ = tx_l1.update(g, tx_l1.init(p), p)
     np.testing.assert_array_equal(optax.apply_updates(p, u1)["a"], new["a"])
 

@@ -241,7 +241,7 @@ def test_prox_l1_reaches_exact_zeros_and_matches_sklearn_lasso():
     X, y = _lasso_problem()
     alpha = 0.2
     lr = 1.0 / np.linalg.eigvalsh(X.T @ X / X.shape[0]).max()
-    w = _ista(X, y, optax.chain(optax.sgd(lr), jaxreg.prox_l1(lr * alpha)))
+    w = _ista(X, y, optax.chain(optax.sgd(lr), jaxreg.proximal_l1(lr * alpha)))
     ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=100_000).fit(X, y).coef_
     assert np.max(np.abs(w - ref)) <= 1e-6
     assert np.sum(w == 0.0) >= 4  # exact zeros, not merely small
@@ -254,7 +254,7 @@ def test_prox_l1_with_schedule_threshold():
     lr = 1.0 / np.linalg.eigvalsh(X.T @ X / X.shape[0]).max()
     # Warm-up schedule for the step size; the threshold follows it (lr_t · α).
     sched = optax.linear_schedule(0.1 * lr, lr, transition_steps=100)
-    w = _ista(X, y, optax.chain(optax.sgd(sched), jaxreg.prox_l1(lambda c: sched(c) * alpha)))
+    w = _ista(X, y, optax.chain(optax.sgd(sched), jaxreg.proximal_l1(lambda c: sched(c) * alpha)))
     ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=100_000).fit(X, y).coef_
     assert np.max(np.abs(w - ref)) <= 1e-6
 
@@ -268,7 +268,7 @@ def test_prox_elastic_net_matches_sklearn_elasticnet():
     w = _ista(
         X,
         y,
-        optax.chain(optax.sgd(lr), jaxreg.prox_elastic_net(lr * a * r, lr * 0.5 * a * (1 - r))),
+        optax.chain(optax.sgd(lr), jaxreg.proximal_elastic_net(lr * a * r, lr * 0.5 * a * (1 - r))),
     )
     ref = (
         ElasticNet(alpha=a, l1_ratio=r, fit_intercept=False, tol=1e-14, max_iter=100_000)
@@ -281,7 +281,7 @@ def test_prox_elastic_net_matches_sklearn_elasticnet():
 
 def test_prox_closed_form_and_mask():
     p = {"w": jnp.array([[1.0, -0.2], [0.05, -3.0]]), "b": jnp.array([0.1, -0.1])}
-    tx = optax.chain(optax.sgd(1.0), jaxreg.prox_elastic_net(0.1, 0.5, mask=masks.min_ndim(2)))
+    tx = optax.chain(optax.sgd(1.0), jaxreg.proximal_elastic_net(0.1, 0.5, mask=masks.min_ndim(2)))
     u, _ = tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)
     new = optax.apply_updates(p, u)
     np.testing.assert_allclose(np.asarray(new["w"]), [[0.45, -0.05], [0.0, -1.45]], rtol=1e-15)
@@ -296,8 +296,8 @@ def test_prox_closed_form_and_mask():
     [
         lambda: jaxreg.add_weight_decay(0.1),
         lambda: jaxreg.add_l1_decay(0.1),
-        lambda: jaxreg.prox_l1(0.1),
-        lambda: jaxreg.prox_elastic_net(0.1, 0.1),
+        lambda: jaxreg.proximal_l1(0.1),
+        lambda: jaxreg.proximal_elastic_net(0.1, 0.1),
         lambda: jaxreg.decoupled_weight_decay(0.1, 0.01),
     ],
     ids=["add_weight_decay", "add_l1_decay", "prox_l1", "prox_elastic_net", "decoupled"],
@@ -353,8 +353,8 @@ def test_float32_updates_stay_float32_with_float64_hyperparameters():
         (lambda: jaxreg.decoupled_weight_decay(0.1, -1.0), "learning_rate must be non-negative"),
         (lambda: jaxreg.decoupled_weight_decay(float("inf"), 1.0), "weight_decay must be finite"),
         (lambda: jaxreg.add_l1_decay(-1), "alpha must be non-negative"),
-        (lambda: jaxreg.prox_l1(-0.5), "threshold must be non-negative"),
-        (lambda: jaxreg.prox_elastic_net(0.1, float("nan")), "l2 must be finite"),
+        (lambda: jaxreg.proximal_l1(-0.5), "threshold must be non-negative"),
+        (lambda: jaxreg.proximal_elastic_net(0.1, float("nan")), "l2 must be finite"),
         (lambda: jaxreg.add_weight_decay(jnp.ones(3)), "weight_decay must be a non-negative"),
         (lambda: jaxreg.add_weight_decay("0.1x"), "weight_decay must be a non-negative"),
     ],
@@ -377,3 +377,21 @@ def test_update_without_params_raises():
     tx = jaxreg.add_weight_decay(0.1)
     with pytest.raises(ValueError, match="params"):
         tx.update({"w": jnp.ones(1)}, tx.init({"w": jnp.ones(1)}))
+
+
+@pytest.mark.parametrize(
+    "old, new, args",
+    [("prox_l1", "proximal_l1", (0.1,)), ("prox_elastic_net", "proximal_elastic_net", (0.1, 0.2))],
+)
+def test_old_transform_names_warn_and_do_the_same(old, new, args):
+    """The transforms were renamed (``prox_elastic_net`` also named jaxopt's operator in
+    jaxreg.prox): the old names still work, with a DeprecationWarning naming the new one."""
+    params = {"w": jnp.array([0.05, -0.5, 2.0])}
+    grads = {"w": jnp.array([0.1, 0.2, -0.3])}
+    with pytest.warns(DeprecationWarning, match=f"use jaxreg.{new}"):
+        tx_old = getattr(jaxreg, old)(*args)
+    tx_new = getattr(jaxreg, new)(*args)
+    u_old, _ = tx_old.update(grads, tx_old.init(params), params)
+    u_new, _ = tx_new.update(grads, tx_new.init(params), params)
+    np.testing.assert_array_equal(u_old["w"], u_new["w"])
+    assert not np.array_equal(u_new["w"], grads["w"])  # the step did something

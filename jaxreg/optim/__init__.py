@@ -14,6 +14,7 @@ from jaxreg.optim._bridge import from_torch, state_from_torch, state_to_torch, s
 from jaxreg.optim._clip import ClipGradNormState, clip_grad_norm, clip_grad_value, get_total_norm
 from jaxreg.optim._fused_opt import FusedOptimizer, fused_adamw, fused_sgd
 from jaxreg.optim._muon import MuonState, muon, zeropower_via_newtonschulz
+from jaxreg.optim._param_groups import from_param_groups, to_param_groups, torch_name
 from jaxreg.optim._rms import AdadeltaState, AdagradState, RMSpropState, adadelta, adagrad, rmsprop
 from jaxreg.optim._sgd import SGDState, sgd
 
@@ -43,6 +44,9 @@ __all__ = [
     "state_from_torch",
     "state_to_torch",
     "state_with",
+    "torch_name",
+    "to_param_groups",
+    "from_param_groups",
     "SGDState",
     "AdamState",
     "AdamaxState",

@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg._tree import reject_module
+from jaxreg._tree import reject_flat, reject_module
 from jaxreg._validate import ScalarOrSchedule
-from jaxreg.flat import _reject_flat
 from jaxreg.masks import MaskLike
 from jaxreg.optim import _common as c
 
@@ -101,7 +100,7 @@ def adafactor(
         return empty, empty, c.full_like(p, 0)
 
     def init_fn(params):
-        _reject_flat(params, "adafactor (factored second moments)")
+        reject_flat(params, "adafactor (factored second moments)")
         reject_module(params, "jaxreg.optim.adafactor")
         leaves, treedef = jax.tree.flatten(params)
         per_leaf = [init_leaf(p) for p in leaves]

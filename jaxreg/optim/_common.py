@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.experimental.shard_alike import shard_alike
 
-import jaxreg
+from jaxreg._decay import add_weight_decay, decoupled_weight_decay
 from jaxreg._tree import is_float_leaf, key_str, reject_module
 from jaxreg._validate import ScalarOrSchedule, at_count, concrete_float, default_float_dtype
 from jaxreg.masks import MaskLike
@@ -93,7 +93,7 @@ def prelude(
     if maximize:
         out.append(optax.scale(-1.0))
     if callable(weight_decay) or value_of(weight_decay) != 0.0:
-        out.append(jaxreg.add_weight_decay(weight_decay, mask=mask))
+        out.append(add_weight_decay(weight_decay, mask=mask))
     return out
 
 
@@ -102,7 +102,7 @@ def decoupled(
 ) -> list[optax.GradientTransformation]:
     """``param.mul_(1 - lr * weight_decay)`` as a transform chained after the update."""
     if callable(weight_decay) or value_of(weight_decay) != 0.0:
-        return [jaxreg.decoupled_weight_decay(weight_decay, lr, mask=mask)]
+        return [decoupled_weight_decay(weight_decay, lr, mask=mask)]
     return []
 
 

@@ -74,7 +74,7 @@ def _jax_opt(spec):
     else:
         tx = jaxreg.optim.adamw(LR, weight_decay=_decay(spec))
     if variant == "jaxreg_prox":
-        tx = optax.chain(tx, jaxreg.prox_l1(L1_THRESHOLD))
+        tx = optax.chain(tx, jaxreg.proximal_l1(L1_THRESHOLD))
     return tx
 
 

@@ -138,8 +138,8 @@ TRANSFORMS = {
         optax.sgd(0.1), jaxreg.decoupled_weight_decay(0.1, learning_rate=0.1)
     ),
     "add_l1_decay": lambda: jaxreg.add_l1_decay(0.1),
-    "prox_l1": lambda: optax.chain(optax.sgd(0.1), jaxreg.prox_l1(0.05)),
-    "prox_elastic_net": lambda: optax.chain(optax.sgd(0.1), jaxreg.prox_elastic_net(0.05, 0.1)),
+    "prox_l1": lambda: optax.chain(optax.sgd(0.1), jaxreg.proximal_l1(0.05)),
+    "prox_elastic_net": lambda: optax.chain(optax.sgd(0.1), jaxreg.proximal_elastic_net(0.05, 0.1)),
     "proximal_fista_group_lasso": lambda: optax.chain(
         optax.sgd(0.1),
         jaxreg.proximal(jaxreg.prox.prox_group_lasso, 0.5, scaling=0.1, accelerate=True),

@@ -68,7 +68,7 @@ COMBOS = {  # name: (penalty-wrapped loss kwargs, optimizer)
         ),
     ),
     "rmsprop_wd": ({}, lambda: optim.rmsprop(1e-3, weight_decay=1e-3)),
-    "sgd+prox_l1": ({}, lambda: optax.chain(optim.sgd(0.05), jaxreg.prox_l1(0.05 * 1e-4))),
+    "sgd+prox_l1": ({}, lambda: optax.chain(optim.sgd(0.05), jaxreg.proximal_l1(0.05 * 1e-4))),
     "adafactor+elastic": ({"l1": 1e-5, "l2": 1e-4}, lambda: optim.adafactor(1e-2)),
 }
 CASES = [(m, c, lay) for m in ("mlp",) for c in COMBOS for lay in ("dp", "fsdp", "tp")] + [
@@ -183,7 +183,7 @@ def test_regularization_alone_compiles_without_all_gather():
         jaxreg.add_weight_decay(1e-3),
         jaxreg.decoupled_weight_decay(1e-2, 1e-3),
         jaxreg.add_l1_decay(1e-4),
-        jaxreg.prox_l1(1e-5),
+        jaxreg.proximal_l1(1e-5),
     )
     p, g, s, _ = _fsdp_inputs(tx)
 

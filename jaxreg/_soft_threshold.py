@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,7 +15,7 @@ from jaxreg._decay import regularizing_transform
 from jaxreg._validate import ScalarOrSchedule
 from jaxreg.masks import MaskLike
 
-__all__ = ["prox_l1", "prox_elastic_net", "soft_threshold"]
+__all__ = ["proximal_l1", "proximal_elastic_net", "soft_threshold"]
 
 
 def soft_threshold(x: jax.Array, threshold: jax.Array) -> jax.Array:
@@ -31,14 +36,15 @@ def _prox_update(u: jax.Array, p: jax.Array, l1: jax.Array, l2: jax.Array) -> ja
     return soft_threshold(proposed, l1) / (1 + 2 * l2) - p
 
 
-def prox_l1(threshold: ScalarOrSchedule, mask: MaskLike = None) -> optax.GradientTransformation:
+def proximal_l1(threshold: ScalarOrSchedule, mask: MaskLike = None) -> optax.GradientTransformation:
     r"""Proximal L1 step after the base update (ISTA / proximal gradient).
 
     With :math:`\tilde\theta = \theta + u` the base optimizer's proposed point, the
     new parameters are :math:`\operatorname{sign}(\tilde\theta)\max(|\tilde\theta| - t, 0)`:
     weights reach *exact* zeros. For the objective :math:`f(\theta) + \alpha\|\theta\|_1`
     with step size :math:`\eta_t`, use ``threshold`` :math:`= \eta_t\alpha` (a schedule
-    if :math:`\eta_t` is one). Chain it *last*: ``optax.chain(optax.sgd(lr), prox_l1(lr * alpha))``.
+    if :math:`\eta_t` is one). Chain it *last*:
+    ``optax.chain(optax.sgd(lr), proximal_l1(lr * alpha))``.
 
     Args:
       threshold: :math:`t \ge 0`; float, scalar array or schedule.
@@ -52,7 +58,7 @@ def prox_l1(threshold: ScalarOrSchedule, mask: MaskLike = None) -> optax.Gradien
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxreg
-      >>> tx = optax.chain(optax.sgd(1.0), jaxreg.prox_l1(0.5))
+      >>> tx = optax.chain(optax.sgd(1.0), jaxreg.proximal_l1(0.5))
       >>> p = {"w": jnp.array([1.0, 0.2, -2.0])}
       >>> u, _ = tx.update({"w": jnp.zeros(3)}, tx.init(p), p)
       >>> optax.apply_updates(p, u)["w"].tolist()
@@ -65,7 +71,7 @@ def prox_l1(threshold: ScalarOrSchedule, mask: MaskLike = None) -> optax.Gradien
     )
 
 
-def prox_elastic_net(
+def proximal_elastic_net(
     l1: ScalarOrSchedule, l2: ScalarOrSchedule, mask: MaskLike = None
 ) -> optax.GradientTransformation:
     r"""Proximal elastic-net step after the base update.
@@ -94,9 +100,31 @@ def prox_elastic_net(
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxreg
-      >>> tx = jaxreg.prox_elastic_net(0.5, 0.25)
+      >>> tx = jaxreg.proximal_elastic_net(0.5, 0.25)
       >>> p = {"w": jnp.array([2.0, 0.2])}
       >>> optax.apply_updates(p, tx.update({"w": jnp.zeros(2)}, tx.init(p), p)[0])["w"].tolist()
       [1.0, 0.0]
     """
     return regularizing_transform(_prox_update, {"l1": l1, "l2": l2}, mask)
+
+
+def _deprecated(new: Callable[..., Any], old: str) -> Callable[..., Any]:
+    @functools.wraps(new)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn(
+            f"jaxreg.{old} is deprecated: use jaxreg.{new.__name__} (same arguments; the "
+            f"operators of jaxreg.prox keep their prox_* names)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return new(*args, **kwargs)
+
+    alias.__doc__ = f"Deprecated alias of :func:`jaxreg.{new.__name__}`."
+    alias.__name__ = alias.__qualname__ = old
+    return alias
+
+
+# The transforms' earlier names; ``prox_elastic_net`` also named jaxopt's operator
+# (:func:`jaxreg.prox.prox_elastic_net`, different math), hence the rename.
+prox_l1 = _deprecated(proximal_l1, "prox_l1")
+prox_elastic_net = _deprecated(proximal_elastic_net, "prox_elastic_net")
