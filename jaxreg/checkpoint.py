@@ -47,6 +47,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxreg._tree import key_str
+
 __all__ = ["Checkpointer", "CheckpointError"]
 
 _RESERVED = "__jaxreg__"
@@ -58,13 +60,6 @@ _TMP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, corrupted, or does not fit the expected state."""
-
-
-def _key_name(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
 
 
 def _named_leaves(tree: Any) -> dict[str, Any]:
@@ -79,7 +74,7 @@ def _named_leaves(tree: Any) -> dict[str, Any]:
     paths: dict[str, str] = {}
     clashes = []
     for path, leaf in flat:
-        name = ".".join(_key_name(k) for k in path)
+        name = ".".join(key_str(k) for k in path)
         if name in out:
             clashes.append(f"{paths[name]} and {jax.tree_util.keystr(path)} (both {name!r})")
         out[name] = leaf

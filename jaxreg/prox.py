@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._soft_threshold import soft_threshold
 from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative, default_float_dtype
 from jaxreg.masks import MaskLike, resolve_factors
 
@@ -83,10 +84,6 @@ def _checked(name: str, value: Any, scaling: Any) -> Any:
     return value
 
 
-def _soft(u: jax.Array, t: Any) -> jax.Array:
-    return jnp.sign(u) * jnp.maximum(jnp.abs(u) - t, 0)
-
-
 def prox_none(x: Any, hyperparams: Any = None, scaling: float = 1.0) -> Any:
     r"""The identity, the proximal operator of :math:`g = 0`.
 
@@ -124,7 +121,7 @@ def prox_lasso(x: Any, l1reg: Any = None, scaling: float = 1.0) -> Any:
     """
     l1reg = _checked("l1reg", l1reg, scaling)
     leaves, treedef = jax.tree.flatten(x)
-    out = [_soft(u, lam * scaling) for u, lam in zip(leaves, _per_leaf(l1reg, x))]
+    out = [soft_threshold(u, lam * scaling) for u, lam in zip(leaves, _per_leaf(l1reg, x))]
     return jax.tree.unflatten(treedef, out)
 
 
@@ -176,7 +173,7 @@ def prox_elastic_net(
     _check("scaling", scaling)
     leaves, treedef = jax.tree.flatten(x)
     out = [
-        _soft(u, scaling * a) / (1.0 + scaling * a * b)
+        soft_threshold(u, scaling * a) / (1.0 + scaling * a * b)
         for u, a, b in zip(leaves, _per_leaf(lam, x), _per_leaf(gam, x))
     ]
     return jax.tree.unflatten(treedef, out)
