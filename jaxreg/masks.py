@@ -10,13 +10,14 @@ Every jaxreg function that takes ``mask`` accepts the same forms:
   by name (:func:`exclude_names`), shape (:func:`min_ndim`), path (:func:`path_regex`,
   :func:`glob`), Flax module type (:func:`inside`), use by the loss (:func:`used_by`),
   presets (:func:`no_bias_no_norm`, :func:`timm_1d`, :func:`kernels_only`) or PyTorch
-  parameter groups (:func:`from_param_groups`).
+  parameter groups (:func:`jaxreg.optim.from_param_groups`).
 
 Masks may carry per-leaf **multipliers** instead of on/off: a pytree (or prefix) of
 non-negative numbers, or :func:`multipliers` rules. A leaf's regularization strength is
 then ``multiplier * hyperparameter`` (``0`` = not selected) -- PyTorch parameter groups
 with different ``weight_decay``, big_vision's ``wd_mults``. :func:`describe` prints
-every leaf with its multiplier; :func:`to_param_groups` turns a mask into torch groups.
+every leaf with its multiplier; :func:`jaxreg.optim.to_param_groups` turns a mask into
+torch groups.
 
 Paths are the "/"-joined keys of a leaf, e.g. ``"encoder/layers_0/kernel"``; they
 are the same for a Flax linen dict and the matching ``flax.nnx.State`` (the nnx
