@@ -200,17 +200,19 @@ def test_ctrl_c_writes_a_partial_report_and_one_line(tmp_path):
     out.mkdir()
     (out / "report.md").write_text("# an earlier run's report\n")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "parity", "--quick", "--no-plots", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    seen = b""
-    while b"] 2/" not in seen:  # the progress bar: two cases finished
-        chunk = proc.stderr.read1(4096)
-        assert chunk, seen.decode(errors="replace")
-        seen += chunk
-    proc.send_signal(signal.SIGINT)
-    rest_out, rest_err = proc.communicate(timeout=120)
+    ) as proc:  # fmt: skip
+        seen = b""
+        while b"\n[2/" not in seen:  # stderr is a pipe: one line per case; two finished
+            chunk = proc.stderr.read1(4096)
+            if not chunk:
+                proc.kill()
+            assert chunk, seen.decode(errors="replace")
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        rest_out, rest_err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     tail = rest_err.decode().strip()
     assert "Traceback" not in tail, tail
