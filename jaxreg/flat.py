@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._tree import contains_flat, is_float_leaf
+from jaxreg._tree import contains_flat, is_flat_params, is_float_leaf
 from jaxreg.masks import resolve_factors
 
 __all__ = ["FlatParams", "Layout", "Slot", "ravel", "unravel_all", "is_flat"]
@@ -299,7 +299,7 @@ def _check_like(tree: Any, layout: Layout) -> list[Any]:
 
 def is_flat(x: Any) -> bool:
     """True for a :class:`FlatParams`."""
-    return isinstance(x, FlatParams)
+    return is_flat_params(x)
 
 
 def unravel_all(tree: Any) -> Any:

@@ -296,18 +296,16 @@ def main(argv=None) -> int:
     pool = ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(args.device,)
     )
-    progress = Progress(len(cases), "parity")
     try:
         futures = [pool.submit(_work, c, args.device) for c in cases]
-        for c, f in zip(cases, futures):
-            results.append(f.result())
-            progress.done(f"{c.name} {'PASS' if results[-1].passed else 'FAIL'}")
-        progress.close()
+        with Progress(len(cases), "parity") as progress:
+            for c, f in zip(cases, futures):
+                results.append(f.result())
+                progress.done(f"{c.name} {'PASS' if results[-1].passed else 'FAIL'}")
         pool.shutdown()
         ids = run_identities(data, steps=steps)
         effect = [train_effect(data, reg, steps=300 if args.quick else 1500) for reg in EFFECT_REGS]
     except KeyboardInterrupt:
-        progress.close()
         _stop(pool)
         run_info.update(status="partial", finished=_now(), cases_done=len(results))
         written = write_report(args.out, env, results, ids, effect, plots=False)

@@ -21,6 +21,7 @@ from jaxreg.optim._adafactor import AdafactorState, adafactor
 from jaxreg.optim._adam import AdamaxState, AdamState, NAdamState, adam, adamax, adamw, nadam, radam
 from jaxreg.optim._asgd import ASGDState, asgd
 from jaxreg.optim._muon import MuonState, muon
+from jaxreg.optim._param_groups import _TORCH_LEAF_NAMES
 from jaxreg.optim._rms import AdadeltaState, AdagradState, RMSpropState, adadelta, adagrad, rmsprop
 from jaxreg.optim._sgd import SGDState, sgd
 
@@ -180,7 +181,11 @@ def _group_kwargs(factory, group: dict) -> dict:
     return out
 
 
-_LEAF_NAMES = {"weight": ("kernel", "scale", "embedding", "weight"), "bias": ("bias",)}
+# torch leaf name -> the Flax leaf names it may have (the inverse of torch_name's rule)
+_LEAF_NAMES = {
+    "weight": (*(f for f, t in _TORCH_LEAF_NAMES.items() if t == "weight"), "weight"),
+    "bias": ("bias",),
+}
 
 
 def _paths_by_module(torch_optimizer: Any, params: Any, module: Any) -> list[str]:
