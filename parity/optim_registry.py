@@ -22,6 +22,19 @@ class Spec:
     grid: list[dict[str, Any]] = field(default_factory=lambda: [{}])
     shapes: list[tuple[int, ...]] = field(default_factory=lambda: SHAPES)
     has_maximize: bool = True
+    torch_scalar_state: bool = False  # NAdam/ASGD: 0-d state tensors in torch's default dtype
+
+    def jax(self, **kwargs: Any) -> Any:
+        """The jaxreg optimizer as torch runs in this process.
+
+        NAdam's and ASGD's 0-d state follows ``torch.get_default_dtype()`` in torch (float32
+        here unless a test sets float64); jaxreg's default follows the parameters, so the
+        grid passes torch's choice explicitly.
+        """
+        if self.torch_scalar_state and "torch_scalar_dtype" not in kwargs:
+            f64 = torch.get_default_dtype() == torch.float64
+            kwargs["torch_scalar_dtype"] = "float64" if f64 else "float32"
+        return self.jax_fn(**kwargs)
 
 
 SPECS = [
@@ -98,6 +111,7 @@ SPECS = [
         optim.nadam,
         {"lr": 0.01, "weight_decay": 0.1},
         [{}, {"decoupled_weight_decay": True}, {"momentum_decay": 0.01}],
+        torch_scalar_state=True,
     ),
     Spec(
         "radam",
@@ -112,6 +126,7 @@ SPECS = [
         optim.asgd,
         {"lr": 0.05, "weight_decay": 0.1},
         [{}, {"t0": 20.0}, {"t0": 20.0, "lambd": 0.01, "alpha": 0.5}],
+        torch_scalar_state=True,
     ),
     Spec(
         "adafactor",

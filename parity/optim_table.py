@@ -29,10 +29,10 @@ def measure() -> dict[str, dict[str, float]]:
         make = lambda ps, spec=spec, kwargs=kwargs: spec.torch_cls(ps, **kwargs)  # noqa: E731
         t64, _ = torch_trajectory(make, p0, grads, "float64")
         t32, _ = torch_trajectory(make, p0, grads, "float32")
-        j64, _ = optax_trajectory(spec.jax_fn(**kwargs), p0, grads, "float64")
+        j64, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, "float64")
         jax.config.update("jax_enable_x64", False)
         try:
-            j32, _ = optax_trajectory(spec.jax_fn(**kwargs), p0, grads, "float32")
+            j32, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, "float32")
         finally:
             jax.config.update("jax_enable_x64", True)
         row = rows.setdefault(

@@ -62,7 +62,9 @@ def adafactor(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -99,6 +101,8 @@ def adafactor(
             return row, col, empty
         return empty, empty, c.full_like(p, 0)
 
+    t = c.tensor_lr_dtype(lr)  # torch's Tensor lr: the step's lr scalars in its dtype
+
     def init_fn(params):
         reject_flat(params, "adafactor (factored second moments)")
         reject_module(params, "jaxreg.optim.adafactor")
@@ -114,11 +118,15 @@ def adafactor(
         lr_t = c.lr_at(lr, state.count)
         beta2_t = jnp.power(step, beta2_decay)
         rho_t = jnp.minimum(lr_t, 1 / jnp.sqrt(step))
+        # torch: rho_t = min(lr, 1 / step**0.5) -- the lr tensor itself when it is the smaller
+        # for a Tensor lr, and then alpha and alpha / denom are tensors of its dtype
+        lr_is_rho = None if t is None else c.as_tensor(1 / jnp.sqrt(step), t) >= lr_t
 
         def leaf(g, p, row, col, var):
             e1 = jnp.finfo(p.dtype).eps if eps1 is None else eps1
             size = max(p.size, 1)
-            alpha = jnp.maximum(eps2, _norm(p).astype(step.dtype) / size**0.5) * rho_t
+            rms = jnp.maximum(eps2, _norm(p).astype(step.dtype) / size**0.5)
+            alpha = rms * rho_t
             if g.ndim >= 2:
                 row_mean = jnp.sqrt(jnp.sum(g * g, axis=-1, keepdims=True)) ** 2 / g.shape[-1]
                 row = c.lerp(row, row_mean, beta2_t)
@@ -131,7 +139,11 @@ def adafactor(
                 var_est = var
             u = jax.lax.rsqrt(jnp.maximum(var_est, e1 * e1)) * g
             denom = jnp.maximum(1.0, _norm(u).astype(step.dtype) / (size**0.5 * d))
-            return (-c.cast(alpha / denom, g)) * u, row, col, var
+            scale = alpha / denom
+            if t is not None:  # alpha = rms * lr and alpha / denom as tensors of the lr's dtype
+                alpha_t = c.tensor_mul(rms, lr_t, t)
+                scale = jnp.where(lr_is_rho, c.tensor_div(alpha_t, denom, t), scale)
+            return (-c.cast(scale, g)) * u, row, col, var
 
         out, row, col, var = c.map_leaves(
             leaf, updates, params, state.row_var, state.col_var, state.variance, state_from=2

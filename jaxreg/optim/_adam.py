@@ -36,10 +36,14 @@ def _init_moments(params: Any, amsgrad: bool = False) -> AdamState:
 
 
 def adam_step_scalars(lr, b1, b2, count):
-    """torch Adam's per-step scalars: ``(lr_t, lr_t / (1 - b1**t), sqrt(1 - b2**t))``."""
+    """torch Adam's per-step scalars: ``(lr_t, lr_t / (1 - b1**t), sqrt(1 - b2**t))``.
+
+    ``step_size = lr / bias_correction1`` is a tensor of the lr's dtype for a Tensor lr
+    (see :func:`jaxreg.optim._common.tensor_lr_dtype`), as in torch."""
     step = c.step_of(count)
     lr_t = c.lr_at(lr, count)
-    return lr_t, lr_t / c.one_minus_pow(b1, step), jnp.sqrt(c.one_minus_pow(b2, step))
+    step_size = c.tensor_div(lr_t, c.one_minus_pow(b1, step), c.tensor_lr_dtype(lr))
+    return lr_t, step_size, jnp.sqrt(c.one_minus_pow(b2, step))
 
 
 def scale_by_torch_adam(lr, betas, eps, amsgrad) -> optax.GradientTransformation:
@@ -114,7 +118,9 @@ def adam(
     computed as torch's Python-double scalar (accurately in float32 too).
 
     Args:
-      lr: learning rate, float or Optax schedule.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay: as in torch;
         ``betas[0]`` may be a schedule of the step count (what ``OneCycleLR``/``CyclicLR``
         with ``cycle_momentum=True`` set in torch: ``lr_scheduler.one_cycle_momentum``).
@@ -228,7 +234,9 @@ def adamax(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -253,6 +261,7 @@ def adamax(
         dict(foreach=foreach, differentiable=differentiable, capturable=capturable),
     )
     b1, b2 = betas
+    t = c.tensor_lr_dtype(lr)  # torch's Tensor lr: the step's lr scalars in its dtype
 
     def init_fn(params):
         z = c.zeros_like_tree
@@ -260,7 +269,7 @@ def adamax(
 
     def update_fn(updates, state, params=None):
         step = c.step_of(state.count)
-        clr = c.lr_at(lr, state.count) / c.one_minus_pow(b1, step)
+        clr = c.tensor_div(c.lr_at(lr, state.count), c.one_minus_pow(b1, step), t)
 
         def leaf(g, m, u):
             m = c.lerp(m, g, 1 - b1)
@@ -294,7 +303,7 @@ def nadam(
     capturable: bool = False,
     differentiable: bool = False,
     weight_decay_mask: MaskLike = None,
-    torch_scalar_dtype: Any = jnp.float32,
+    torch_scalar_dtype: Any = None,
 ) -> optax.GradientTransformation:
     r"""``torch.optim.NAdam`` (Dozat's momentum-decay schedule), argument for argument.
 
@@ -310,14 +319,20 @@ def nadam(
 
     ``optax.nadam`` has no momentum-decay schedule (differs by ~1e-2 after 100 steps).
     torch keeps ``mu_product`` as a tensor of its default dtype -- float32 unless
-    ``torch.set_default_dtype(torch.float64)`` -- even for float64 parameters;
-    ``torch_scalar_dtype`` (a jaxreg extension) says which, default float32.
+    ``torch.set_default_dtype(torch.float64)`` -- whatever the parameters' dtype;
+    ``torch_scalar_dtype`` (a jaxreg extension) says which. The default, ``None``, follows
+    the parameters: float64 for float64 parameters (torch with its default dtype set to
+    float64, as a float64 run has), else float32. For float64 parameters under torch's
+    float32 default (``model.double()`` alone) pass ``torch_scalar_dtype=jnp.float32``;
+    :func:`from_torch` reads ``torch.get_default_dtype()`` and does so.
 
     Other arguments: torch.optim.NAdam's, same names, defaults and meaning; kernel flags
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -344,10 +359,11 @@ def nadam(
     c.refuse_differentiable(differentiable, "nadam")
     c.nonneg("momentum_decay", momentum_decay, f"Invalid momentum_decay value: {momentum_decay}")
     b1, b2 = betas
+    t = c.tensor_lr_dtype(lr)  # torch's Tensor lr: the step's lr scalars in its dtype
 
     def init_fn(params):
         z = c.zeros_like_tree
-        one = jnp.ones([], torch_scalar_dtype)
+        one = jnp.ones([], c.torch_scalar_dtype_of(params, torch_scalar_dtype))
         return NAdamState(jnp.zeros([], jnp.int32), one, z(params), z(params))
 
     def update_fn(updates, state, params=None):
@@ -356,10 +372,13 @@ def nadam(
         bc2 = c.one_minus_pow(b2, step)
         mu = b1 * (1.0 - 0.5 * jnp.power(0.96, step * momentum_decay))
         mu_next = b1 * (1.0 - 0.5 * jnp.power(0.96, (step + 1) * momentum_decay))
-        mu_product = (state.mu_product * mu.astype(torch_scalar_dtype)).astype(torch_scalar_dtype)
+        sd = state.mu_product.dtype  # torch_scalar_dtype, as init resolved it
+        mu_product = (state.mu_product * mu.astype(sd)).astype(sd)
         mp = mu_product.astype(step.dtype)
-        c_grad = -lr_t * (1.0 - mu) / (1.0 - mp)
-        c_avg = (-lr_t * mu_next) / (1.0 - mp * mu_next)
+        # torch: value=-lr * (1 - mu) / (1 - mu_product), then -lr * mu_next / (1 - mu_product
+        # * mu_next); Python doubles, or tensors of the lr's dtype for a Tensor lr
+        c_grad = c.tensor_div(c.tensor_mul(-lr_t, 1.0 - mu, t), 1.0 - mp, t)
+        c_avg = c.tensor_div(c.tensor_mul(-lr_t, mu_next, t), 1.0 - mp * mu_next, t)
 
         def leaf(g, m, v):
             m, v = _moments(g, m, v, b1, b2)
@@ -406,7 +425,9 @@ def radam(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

@@ -20,6 +20,25 @@ class ASGDState(NamedTuple):
     ax: Any  # params-shaped -- the running average of the iterates
 
 
+def _torch_pow(base: jax.Array, alpha: float, t: Any) -> jax.Array:
+    """torch's ``tensor ** alpha`` for a 0-d tensor of dtype ``t`` (values from
+    :func:`jaxreg.optim._common.as_tensor`), bit for bit as measured on torch 2.14's CPU
+    kernel: its special exponents are products and reciprocals in ``t``, any other exponent
+    the correctly rounded power."""
+    mul, div = (lambda a, b: c.tensor_mul(a, b, t)), (lambda a, b: c.tensor_div(a, b, t))
+    special = {
+        1.0: lambda b: b,
+        2.0: lambda b: mul(b, b),
+        3.0: lambda b: mul(mul(b, b), b),
+        -1.0: lambda b: div(1.0, b),
+        -2.0: lambda b: div(1.0, mul(b, b)),
+        -0.5: lambda b: div(1.0, c.as_tensor(jnp.sqrt(b), t)),
+    }
+    if float(alpha) in special:
+        return special[float(alpha)](base)
+    return c.as_tensor(base ** c.as_tensor(alpha, t), t)
+
+
 def asgd(
     lr: ScalarOrSchedule = 1e-2,
     lambd: float = 1e-4,
@@ -32,7 +51,7 @@ def asgd(
     differentiable: bool = False,
     capturable: bool = False,
     weight_decay_mask: MaskLike = None,
-    torch_scalar_dtype: Any = jnp.float32,
+    torch_scalar_dtype: Any = None,
 ) -> optax.GradientTransformation:
     r"""``torch.optim.ASGD`` (Polyak-Ruppert averaged SGD), argument for argument.
 
@@ -48,7 +67,11 @@ def asgd(
     The averaged iterate ``ax`` lives in the state (``state[0].ax`` or via
     :func:`jaxreg.optim.state_to_torch`), as in torch. ``eta`` and ``mu`` are tensors of
     torch's default dtype (float32 unless ``torch.set_default_dtype(torch.float64)``),
-    even for float64 parameters; ``torch_scalar_dtype`` (a jaxreg extension) matches it.
+    whatever the parameters' dtype; ``torch_scalar_dtype`` (a jaxreg extension) says which.
+    The default, ``None``, follows the parameters: float64 for float64 parameters (torch
+    with its default dtype set to float64, as a float64 run has), else float32. For
+    float64 parameters under torch's float32 default pass ``torch_scalar_dtype=jnp.float32``;
+    :func:`from_torch` reads ``torch.get_default_dtype()`` and does so.
     With an ``lr`` schedule, ``eta`` uses the lr of the step that computes it, as torch
     (which reads ``group['lr']`` then).
 
@@ -56,7 +79,9 @@ def asgd(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -78,10 +103,18 @@ def asgd(
     )
     c.check_lr(lr)
     c.nonneg("weight_decay", weight_decay)
-    sd = torch_scalar_dtype
+    t = c.tensor_lr_dtype(lr)  # torch's Tensor lr: the step's lr scalars in its dtype
+    if t is not None and alpha == 0.5:
+        raise ValueError(
+            "asgd(alpha=0.5) with a float32 array lr (torch's Tensor lr): torch computes "
+            "eta's (...) ** 0.5 with its float32 sqrt kernel, which is not correctly rounded "
+            "(1 ulp apart in ~1% of steps, measured), so jaxreg cannot reproduce it; use a "
+            "float lr"
+        )
 
     def init_fn(params):
         lr0 = c.lr_at(lr, jnp.zeros([], jnp.int32))
+        sd = c.torch_scalar_dtype_of(params, torch_scalar_dtype)
         return ASGDState(
             jnp.zeros([], jnp.int32),
             jnp.asarray(lr0, sd),
@@ -93,6 +126,7 @@ def asgd(
         if params is None:
             raise ValueError("asgd needs params: call update(updates, state, params)")
         step = c.step_of(state.count)
+        sd = state.eta.dtype  # torch_scalar_dtype, as init resolved it
         eta = state.eta.astype(step.dtype)
         decay = 1 - lambd * eta
         mu_is_one = state.mu == 1
@@ -105,7 +139,11 @@ def asgd(
 
         out, ax = c.map_leaves(leaf, updates, params, state.ax, state_from=2)
         lr_t = c.lr_at(lr, state.count)
-        new_eta = (lr_t / (1 + lambd * lr_t * step) ** alpha).astype(sd)
+        if t is None:
+            new_eta = (lr_t / (1 + lambd * lr_t * step) ** alpha).astype(sd)
+        else:  # torch with a Tensor lr: each operation a tensor of the lr's dtype
+            base = c.as_tensor(1 + c.tensor_mul(c.tensor_mul(lambd, lr_t, t), step, t), t)
+            new_eta = c.tensor_div(lr_t, _torch_pow(base, alpha, t), t).astype(sd)
         new_mu = (1 / jnp.maximum(1.0, step - t0)).astype(sd)
         return out, ASGDState(optax.safe_increment(state.count), new_eta, new_mu, ax)
 

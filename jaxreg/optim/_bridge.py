@@ -173,8 +173,12 @@ def _group_kwargs(factory, group: dict) -> dict:
     for key, value in group.items():
         if key == "params" or key not in accepted:
             continue
-        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-            value = value.item()  # tensor lr / betas
+        if key == "lr" and hasattr(value, "item"):
+            # a Tensor lr: torch computes the step's lr scalars in its dtype; a jax.Array lr
+            # of that dtype makes jaxreg.optim do the same (see the optimizers' docstrings)
+            value = jnp.asarray(value.item(), dtype=str(value.dtype).removeprefix("torch."))
+        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            value = value.item()  # tensor betas
         if isinstance(value, tuple):
             value = tuple(v.item() if hasattr(v, "item") else v for v in value)
         out[key] = value
@@ -343,6 +347,12 @@ def from_torch(
     for gi, group in enumerate(torch_optimizer.param_groups):
         kw = _group_kwargs(factory, group)
         if scheduler is not None:
+            if hasattr(group.get("lr"), "item"):
+                raise ValueError(
+                    f"from_torch: param group {gi} has a Tensor lr and a scheduler: torch "
+                    "then keeps the scheduled lr as a tensor of its dtype, which "
+                    "jaxreg.optim's schedules do not reproduce; use a float lr in torch"
+                )
             kw["lr"], momentum = _schedule_of(scheduler, gi)
             if momentum is not None:  # OneCycleLR/CyclicLR cycle momentum or betas[0]
                 if "betas" in kw:
@@ -357,13 +367,6 @@ def from_torch(
                 f"torch LR scheduler is attached; its current lr ({group['lr']}) would be "
                 "frozen as a constant. Pass scheduler=, or lr= a schedule "
                 "(jaxreg.optim.lr_scheduler), or lr=group['lr'] for a constant"
-            )
-        elif hasattr(group.get("lr"), "item"):
-            raise ValueError(
-                f"from_torch: param group {gi} has a Tensor lr; torch then computes the "
-                "step's lr scalars as float32 tensor operations, which jaxreg.optim does not "
-                "reproduce (its trajectory differs from the float lr's). Pass "
-                "lr=float(group['lr']) to run with the lr as a float64 scalar, knowing that"
             )
         if factory in (nadam, asgd):  # torch keeps these scalars in its default dtype
             kw["torch_scalar_dtype"] = _torch_default_dtype(torch_optimizer)

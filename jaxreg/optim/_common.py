@@ -38,8 +38,7 @@ def value_of(x: Any) -> float | None:
         return concrete_float(x)
     except (TypeError, ValueError):
         raise ValueError(
-            f"expected a number (float, int, 0-d array) or a schedule, got {type(x).__name__} "
-            f"{x!r}"
+            f"expected a number (float, int, 0-d array) or a schedule, got {type(x).__name__} {x!r}"
         ) from None
 
 
@@ -100,10 +99,25 @@ def prelude(
 def decoupled(
     weight_decay: ScalarOrSchedule, lr: ScalarOrSchedule, mask: MaskLike
 ) -> list[optax.GradientTransformation]:
-    """``param.mul_(1 - lr * weight_decay)`` as a transform chained after the update."""
-    if callable(weight_decay) or value_of(weight_decay) != 0.0:
-        return [decoupled_weight_decay(weight_decay, lr, mask=mask)]
-    return []
+    """``param.mul_(1 - lr * weight_decay)`` as a transform chained after the update.
+
+    With a Tensor lr (:func:`tensor_lr_dtype`) torch computes ``1 - lr * weight_decay``
+    as a tensor of the lr's dtype; the decay is then ``1 - that`` (exact in float64),
+    applied with a unit learning rate.
+    """
+    if not (callable(weight_decay) or value_of(weight_decay) != 0.0):
+        return []
+    t = tensor_lr_dtype(lr)
+    if t is not None:
+        lr_t = jnp.asarray(lr)
+
+        def torch_decay(count):
+            wd = at_count(weight_decay, count)
+            factor = as_tensor(1 - tensor_mul(lr_t, wd, t), t)  # torch: a tensor of lr's dtype
+            return 1 - factor
+
+        return [decoupled_weight_decay(torch_decay, 1.0, mask=mask)]
+    return [decoupled_weight_decay(weight_decay, lr, mask=mask)]
 
 
 def chain(*parts: Any) -> optax.GradientTransformation:
@@ -117,6 +131,81 @@ def chain(*parts: Any) -> optax.GradientTransformation:
 def scalar_dtype() -> jnp.dtype:
     """The float dtype for torch's Python-double scalars: float64 if x64 is on, else float32."""
     return default_float_dtype()
+
+
+def tensor_lr_dtype(lr: ScalarOrSchedule) -> Any:
+    """The dtype of a Tensor-like lr, or ``None`` for a Python-float lr.
+
+    torch accepts ``lr=torch.tensor(0.001)``; its step then computes the lr's scalars
+    (``lr / bias_correction1``, ``1 - lr * weight_decay``, ...) as 0-d tensor operations
+    in the tensor's dtype -- float32 for ``torch.tensor(0.001)`` -- not in Python double.
+    Its counterpart here is a ``jax.Array`` lr of a float dtype narrower than the scalar
+    dtype (``lr=jnp.float32(1e-3)`` under x64): the optimizers then compute those
+    scalars in that dtype, as torch does. Any other lr (a float, a schedule, an array of
+    the scalar dtype) gives ``None``.
+    """
+    if callable(lr) or not isinstance(lr, jax.Array):
+        return None
+    dt = lr.dtype
+    if not jnp.issubdtype(dt, jnp.floating):
+        return None
+    if jnp.finfo(dt).bits >= jnp.finfo(scalar_dtype()).bits:
+        return None
+    return dt
+
+
+def torch_scalar_dtype_of(params: Any, requested: Any) -> Any:
+    """The dtype of torch's 0-d state tensors (NAdam's ``mu_product``, ASGD's ``eta``/``mu``).
+
+    torch makes them in its default dtype (``torch.get_default_dtype()``): float32, or
+    float64 under ``torch.set_default_dtype(torch.float64)`` -- what a float64 torch run
+    sets. ``requested=None`` follows the parameters as that run would: float64 if a
+    floating leaf is float64 (and x64 is on), else float32; a dtype is taken as given.
+    """
+    if requested is not None:
+        return jnp.dtype(requested)
+    wide = any(
+        jnp.issubdtype(getattr(x, "dtype", jnp.float32), jnp.floating)
+        and jnp.finfo(x.dtype).bits >= 64
+        for x in jax.tree.leaves(params)
+    )
+    return scalar_dtype() if wide else jnp.dtype(jnp.float32)
+
+
+def as_tensor(x: Any, t: Any) -> Any:
+    """``x`` as torch holds it in a 0-d tensor of dtype ``t`` (a Tensor lr's dtype from
+    :func:`tensor_lr_dtype`): rounded to ``t``'s precision, kept in the scalar dtype.
+    Unchanged for ``t=None`` (a float lr: torch's Python double).
+
+    torch's float32 tensor arithmetic is emulated as "compute in float64, round with
+    ``as_tensor``": a float64 +, -, *, / of float32 values rounded once to float32 is
+    the float32 result (double rounding is harmless when the wide precision has at least
+    2p + 2 bits, 53 >= 50). The rounding is ``lax.reduce_precision``, never a float32
+    array: XLA:CPU drops float64 -> float32 -> float64 conversion pairs and contracts a
+    float32 ``a * b + c`` into a fused multiply-add, each skipping a rounding that torch
+    does (measured: ASGD's ``1 + lambd * lr * step`` one ulp apart at step 21).
+    """
+    if t is None:
+        return x
+    fi = jnp.finfo(t)
+    wide = jnp.asarray(x).astype(scalar_dtype())
+    return jax.lax.reduce_precision(wide, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)
+
+
+def tensor_mul(a: Any, b: Any, t: Any) -> Any:
+    """``a * b`` as torch computes it: Python doubles for a float lr (``t=None``), else a
+    0-d tensor multiply in dtype ``t`` (operands and product rounded to ``t``)."""
+    if t is None:
+        return a * b
+    return as_tensor(as_tensor(a, t) * as_tensor(b, t), t)
+
+
+def tensor_div(a: Any, b: Any, t: Any) -> Any:
+    """``a / b`` as torch computes it: Python doubles for a float lr (``t=None``), else a
+    0-d tensor division in dtype ``t`` (operands and quotient rounded to ``t``)."""
+    if t is None:
+        return a / b
+    return as_tensor(as_tensor(a, t) / as_tensor(b, t), t)
 
 
 def step_of(count: jax.Array) -> jax.Array:

@@ -236,6 +236,11 @@ def fused_adamw(
       ValueError: as :func:`adamw`, and for a scheduled ``weight_decay`` or betas.
       ImportError: on a CPU backend without numba.
     """
+    if c.tensor_lr_dtype(lr) is not None:
+        raise ValueError(
+            f"fused_adamw takes a float lr, not a {jnp.asarray(lr).dtype} array (a Tensor lr, "
+            "whose step scalars torch computes in that dtype): use jaxreg.optim.adamw for that"
+        )
     weight_decay = _constant("weight_decay", weight_decay)
     b1, b2 = _constant("betas[0]", betas[0]), _constant("betas[1]", betas[1])
     eps = _constant("eps", eps)

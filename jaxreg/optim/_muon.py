@@ -85,7 +85,7 @@ def orthogonalize(
     return jax.sharding.reshard(out, spec)
 
 
-def _adjust_lr(lr, adjust_lr_fn, shape):
+def _adjust_lr(lr, adjust_lr_fn, shape, t=None):
     rows, cols = shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         ratio = math.sqrt(max(1, rows / cols))
@@ -95,7 +95,7 @@ def _adjust_lr(lr, adjust_lr_fn, shape):
         ratio = math.sqrt(rows / cols)
     else:  # pragma: no cover - rejected at construction
         ratio = 1.0
-    return lr * ratio
+    return c.tensor_mul(lr, ratio, t)  # a tensor of the lr's dtype for a Tensor lr, as torch
 
 
 def muon(
@@ -138,7 +138,9 @@ def muon(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -175,6 +177,8 @@ def muon(
             )
         return MuonState(jnp.zeros([], jnp.int32), c.zeros_like_tree(params))
 
+    t = c.tensor_lr_dtype(lr)  # torch's Tensor lr: the step's lr scalars in its dtype
+
     def update_fn(updates, state, params=None):
         lr_t = c.lr_at(lr, state.count)
 
@@ -184,7 +188,7 @@ def muon(
             buf = c.lerp_fma(buf, g, 1 - momentum)
             u = c.lerp_fma(g, buf, momentum) if nesterov else buf
             u = orthogonalize(u, tuple(ns_coefficients), ns_steps, eps)
-            adjusted = _adjust_lr(lr_t, adjust_lr_fn, g.shape)
+            adjusted = _adjust_lr(lr_t, adjust_lr_fn, g.shape, t)
             return (-c.cast(adjusted, g)) * u.astype(g.dtype), buf
 
         out, buf = c.map_leaves(leaf, updates, state.momentum_buffer)

@@ -52,7 +52,9 @@ def rmsprop(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -155,7 +157,9 @@ def adagrad(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -183,13 +187,16 @@ def adagrad(
     )
     c.nonneg("epsilon", eps, f"Invalid epsilon value: {eps}")
 
+    t = c.tensor_lr_dtype(lr)
+
     def init_fn(params):
         acc = jax.tree.map(lambda p: c.full_like(p, initial_accumulator_value), params)
         return AdagradState(jnp.zeros([], jnp.int32), acc)
 
     def update_fn(updates, state, params=None):
         step = c.step_of(state.count)
-        clr = c.lr_at(lr, state.count) / (1 + (step - 1) * lr_decay)
+        # torch: clr = lr / (1 + (step - 1) * lr_decay), a tensor of the lr's dtype for a Tensor lr
+        clr = c.tensor_div(c.lr_at(lr, state.count), 1 + (step - 1) * lr_decay, t)
 
         def leaf(g, s):
             s = s + g * g
@@ -236,7 +243,9 @@ def adadelta(
     (``foreach``, ``fused``, ``capturable``, ``differentiable``) are ignored.
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count.
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:

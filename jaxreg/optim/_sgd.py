@@ -81,8 +81,9 @@ def sgd(
     *before* the decay is added (negating the learning rate would negate the decay too).
 
     Args:
-      lr: learning rate, a float or an Optax schedule of the step count (torch's
-        ``scheduler.step()`` after each ``optimizer.step()``).
+      lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
+        float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
+        in float32 (see :ref:`tensor-lr`).
       momentum, dampening, weight_decay, nesterov, maximize: as in torch; ``momentum``
         may be a schedule of the step count (what ``OneCycleLR``/``CyclicLR`` with
         ``cycle_momentum=True`` set in torch: ``lr_scheduler.one_cycle_momentum``).

@@ -129,7 +129,7 @@ def _optimizer_points():
 @pytest.mark.parametrize("spec,kwargs", list(_optimizer_points()))
 def test_optimizer_sharded_equals_single_device(mesh, spec, kwargs):
     names = list(MATRICES) if spec.name == "muon" else list(LAYOUT)
-    _check(spec.jax_fn(**kwargs), names, mesh)
+    _check(spec.jax(**kwargs), names, mesh)
 
 
 TRANSFORMS = {

@@ -59,7 +59,7 @@ def test_schedule_matches_torch_lr_scheduler(name, kwargs, sched):
         scheduler=torch_sched,
     )
     jkw = {**kwargs, "lr": optax_sched(kwargs["lr"])}
-    out, _ = optax_trajectory(spec.jax_fn(**jkw), params0(spec.shapes), grads)
+    out, _ = optax_trajectory(spec.jax(**jkw), params0(spec.shapes), grads)
     assert_trees_close(out, ref, atol=1e-12)
 
 
@@ -80,11 +80,11 @@ def test_weight_decay_mask_matches_torch_param_groups(spec):
         )
 
     ref, _ = torch_trajectory(make, params0(SHAPES), grads)
-    tx = spec.jax_fn(**kwargs, weight_decay_mask=masks.min_ndim(2))
+    tx = spec.jax(**kwargs, weight_decay_mask=masks.min_ndim(2))
     out, _ = optax_trajectory(tx, params0(SHAPES), grads)
     assert_trees_close(out, ref)
     # ... and the mask matters: decaying everything ends elsewhere.
-    everything, _ = optax_trajectory(spec.jax_fn(**kwargs), params0(SHAPES), grads)
+    everything, _ = optax_trajectory(spec.jax(**kwargs), params0(SHAPES), grads)
     assert max(np.max(np.abs(a - b)) for a, b in zip(everything, ref)) > 1e-6
 
 

@@ -36,7 +36,7 @@ MEASURED: dict[str, dict[str, float]] = {}
 def _run(spec, kwargs, dtype):
     p0, grads = params0(spec.shapes), random_grads(spec.shapes, STEPS)
     ref, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, dtype=dtype)
-    out, _ = optax_trajectory(spec.jax_fn(**kwargs), p0, grads, dtype=dtype)
+    out, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, dtype=dtype)
     return out, ref
 
 
@@ -56,7 +56,7 @@ def test_float32_trajectory_within_float32_noise(spec, kwargs, pid):
     ref64, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, "float64")
     ref32, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, "float32")
     with float32_mode():
-        out32, _ = optax_trajectory(spec.jax_fn(**kwargs), p0, grads, dtype="float32")
+        out32, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, dtype="float32")
     assert all(o.dtype == np.float32 for o in out32)
     noise = rel_err(ref32, ref64)  # torch's own float32 error on this case
     err = rel_err(out32, ref32)
