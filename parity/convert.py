@@ -255,7 +255,9 @@ def to_nnx(variables: dict, module: Any) -> None:
 _SUPPORTED = (
     "Linear", "Conv1d", "Conv2d", "Conv3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "LayerNorm", "GroupNorm", "RMSNorm", "Embedding", "MultiheadAttention",
+    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
 )  # fmt: skip
+_CONVS = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
 
 
 @dataclass(frozen=True)
@@ -343,9 +345,40 @@ def _unone(fn):
     return lambda xs: fn(xs[0])
 
 
-def _rules(kind: str, chw) -> list[tuple[str, str, str, Any, Any]]:
+def _conv_transpose_rule(nd: int, transpose_kernel: bool):
+    """torch ``ConvTranspose{nd}d`` weight ``(I, O, *k)`` <-> Flax ``ConvTranspose`` kernel.
+
+    torch's transposed convolution is the gradient of a convolution: it correlates the
+    stride-dilated input with the *spatially flipped* kernel. Flax's default
+    (``transpose_kernel=False``) correlates with the kernel as stored, ``(*k, I, O)``, so
+    the kernel is flipped; with ``transpose_kernel=True`` Flax flips it itself and stores
+    ``(*k, O, I)``.
+    """
+    spatial = tuple(range(nd))
+    if transpose_kernel:
+        perm = (*range(2, 2 + nd), 1, 0)
+        inv = _perm_inverse(perm)
+        return lambda w: w.transpose(perm), lambda k: k.transpose(inv)
+    perm = (*range(2, 2 + nd), 0, 1)
+    inv = _perm_inverse(perm)
+
+    def fwd(w):
+        return np.ascontiguousarray(np.flip(w.transpose(perm), axis=spatial))
+
+    def back(k):
+        return np.ascontiguousarray(np.flip(k, axis=spatial).transpose(inv))
+
+    return fwd, back
+
+
+def _rules(kind: str, chw, transpose_kernel: bool = False) -> list[tuple[str, str, str, Any, Any]]:
     """``(torch attr, flax leaf, collection, to_flax, to_torch)`` for a module type."""
     ident = (lambda x: x, lambda x: x)
+    if kind.startswith("ConvTranspose"):
+        return [
+            ("weight", "kernel", "params", *_conv_transpose_rule(int(kind[-2]), transpose_kernel)),
+            ("bias", "bias", "params", *ident),
+        ]
     if kind == "Linear":
         return [
             ("weight", "kernel", "params", *_linear_rule(chw)),
@@ -483,6 +516,14 @@ def module_map(
       feature map the rows are permuted from torch's ``(C, *spatial)`` order to Flax's
       ``(*spatial, C)``.
     - ``Conv1d/2d/3d``: weight ``(O, I, *k)`` -> kernel ``(*k, I, O)``.
+    - ``ConvTranspose1d/2d/3d`` (``groups=1``): weight ``(I, O, *k)`` -> Flax
+      ``ConvTranspose`` kernel ``(*k, I, O)`` flipped spatially (Flax's default
+      ``transpose_kernel=False``), or ``(*k, O, I)`` unflipped for ``transpose_kernel=True``
+      -- read from an nnx module, told from the kernel shape in linen variables when the
+      channel counts differ; with equal counts linen variables do not say, and the default
+      is assumed. The Flax layer's padding must be ``(d * (k - 1) - p, d * (k - 1) - p +
+      output_padding)`` per spatial dim for torch's kernel size k, padding p and dilation
+      d (Flax ``kernel_dilation=d``).
     - ``BatchNorm1d/2d/3d``: weight/bias -> params scale/bias; running_mean/var ->
       batch_stats mean/var; num_batches_tracked -> batch_stats num_batches_tracked when
       the Flax module has it (:class:`jaxreg.nn.BatchNorm` does), else it stays torch's.
@@ -527,7 +568,7 @@ def module_map(
                 "flatten={name: (C, H, W)}"
             )
         flatten = {**{n: s for n, s in detected.items() if s}, **flatten}
-    elif kinds & {"Conv1d", "Conv2d", "Conv3d"} and "Linear" in kinds and not flatten:
+    elif kinds & _CONVS and "Linear" in kinds and not flatten:
         raise ValueError(
             "from_torch: the model has convolutions and Linear layers; pass example_input= "
             "(one input batch) so that a Linear fed by a flattened feature map gets its rows "
@@ -550,6 +591,12 @@ def module_map(
         if kind not in _SUPPORTED:
             problems.append(f"{name or '<root>'}: {kind} is not a supported layer type")
             continue
+        if kind.startswith("ConvTranspose") and mod.groups != 1:
+            problems.append(
+                f"{name}: {kind} with groups={mod.groups}: Flax's ConvTranspose has no "
+                "feature groups"
+            )
+            continue
         cands = torch_name_candidates(parts)
         if kind == "MultiheadAttention":  # its leaves sit in query/key/value/out submodules
             consumed.add(f"{name}.out_proj" if name else "out_proj")
@@ -568,7 +615,8 @@ def module_map(
             maps, errs = [], []
             own = {k for k, v in mod._parameters.items() if v is not None}
             own |= {k for k, v in mod._buffers.items() if v is not None}
-            for attr, leaf, coll, fwd, inv in _rules(kind, flatten.get(name)):
+            tk = _transpose_kernel(flax_target, hit, fl, mod) if "Transpose" in kind else False
+            for attr, leaf, coll, fwd, inv in _rules(kind, flatten.get(name), tk):
                 if attr not in own:
                     continue
                 if leaf not in fl:
@@ -601,6 +649,20 @@ def module_map(
     if problems:
         raise ValueError("torch <-> Flax module map does not fit:\n  " + "\n  ".join(problems))
     return ModuleMap(tuple(leaves), flax_kind)
+
+
+def _transpose_kernel(flax_target: Any, hit: tuple[str, ...], fl: dict, mod: Any) -> bool:
+    """Whether the Flax ``ConvTranspose`` at ``hit`` has ``transpose_kernel=True``: read
+    from an nnx module; from a linen kernel's shape ``(*k, O, I)`` when the channel counts
+    differ; else Flax's default, False (linen variables do not record the flag)."""
+    if _is_nnx(flax_target):
+        obj = flax_target
+        for part in hit:
+            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+        return bool(getattr(obj, "transpose_kernel", False))
+    i, o = mod.in_channels, mod.out_channels
+    shape = tuple(np.shape(fl["kernel"][1])) if "kernel" in fl else ()
+    return i != o and shape[-2:] == (o, i)
 
 
 def _mha(mod, key, hit, fl):

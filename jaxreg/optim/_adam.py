@@ -237,6 +237,8 @@ def adamax(
       lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
         float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
         in float32 (see :ref:`tensor-lr`).
+      betas: as in torch; ``betas[0]`` may also be a schedule of the step count (what
+        ``OneCycleLR``/``CyclicLR`` cycle in torch: ``lr_scheduler.one_cycle_momentum``).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -260,7 +262,7 @@ def adamax(
         weight_decay,
         dict(foreach=foreach, differentiable=differentiable, capturable=capturable),
     )
-    b1, b2 = betas
+    beta1, b2 = betas
     t = c.tensor_lr_dtype(lr)  # torch's Tensor lr: the step's lr scalars in its dtype
 
     def init_fn(params):
@@ -268,6 +270,8 @@ def adamax(
         return AdamaxState(jnp.zeros([], jnp.int32), z(params), z(params))
 
     def update_fn(updates, state, params=None):
+        # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
+        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
         step = c.step_of(state.count)
         clr = c.tensor_div(c.lr_at(lr, state.count), c.one_minus_pow(b1, step), t)
 
@@ -333,6 +337,8 @@ def nadam(
       lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
         float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
         in float32 (see :ref:`tensor-lr`).
+      betas: as in torch; ``betas[0]`` may also be a schedule of the step count (what
+        ``OneCycleLR``/``CyclicLR`` cycle in torch: ``lr_scheduler.one_cycle_momentum``).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -358,7 +364,7 @@ def nadam(
     )
     c.refuse_differentiable(differentiable, "nadam")
     c.nonneg("momentum_decay", momentum_decay, f"Invalid momentum_decay value: {momentum_decay}")
-    b1, b2 = betas
+    beta1, b2 = betas
     t = c.tensor_lr_dtype(lr)  # torch's Tensor lr: the step's lr scalars in its dtype
 
     def init_fn(params):
@@ -367,6 +373,8 @@ def nadam(
         return NAdamState(jnp.zeros([], jnp.int32), one, z(params), z(params))
 
     def update_fn(updates, state, params=None):
+        # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
+        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
         step = c.step_of(state.count)
         lr_t = c.lr_at(lr, state.count)
         bc2 = c.one_minus_pow(b2, step)
@@ -428,6 +436,8 @@ def radam(
       lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
         float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
         in float32 (see :ref:`tensor-lr`).
+      betas: as in torch; ``betas[0]`` may also be a schedule of the step count (what
+        ``OneCycleLR``/``CyclicLR`` cycle in torch: ``lr_scheduler.one_cycle_momentum``).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -451,10 +461,12 @@ def radam(
         weight_decay,
         dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
     )
-    b1, b2 = betas
+    beta1, b2 = betas
     rho_inf = 2 / (1 - b2) - 1
 
     def update_fn(updates, state, params=None):
+        # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
+        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
         step = c.step_of(state.count)
         lr_t = c.lr_at(lr, state.count)
         bc1 = c.one_minus_pow(b1, step)

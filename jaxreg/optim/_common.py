@@ -368,12 +368,15 @@ def fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
     return s + (e + f)
 
 
-def lerp_fma(start: jax.Array, end: jax.Array, weight: float) -> jax.Array:
+def lerp_fma(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
     """torch's vectorized CPU ``lerp``: ``fma(w, end - start, start)`` for ``w < 0.5``,
     else ``fma(w - 1, end - start, end)`` -- bit for bit where :func:`lerp` is 1 ulp off.
     """
     w = value_of(weight)
     diff = end - start
+    if w is None:  # a traced weight (a scheduled momentum): both branches, selected
+        wt = jnp.full_like(diff, weight)
+        return jnp.where(wt < 0.5, fma(wt, diff, start), fma(wt - 1, diff, end))
     if w < 0.5:
         return fma(jnp.full_like(diff, w), diff, start)
     # torch casts the weight to the tensor dtype first, then forms ``w - 1`` in it.

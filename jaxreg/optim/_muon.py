@@ -101,7 +101,7 @@ def _adjust_lr(lr, adjust_lr_fn, shape, t=None):
 def muon(
     lr: ScalarOrSchedule = 1e-3,
     weight_decay: ScalarOrSchedule = 0.1,
-    momentum: float = 0.95,
+    momentum: ScalarOrSchedule = 0.95,
     nesterov: bool = True,
     ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
     eps: float = 1e-7,
@@ -141,6 +141,8 @@ def muon(
       lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
         float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
         in float32 (see :ref:`tensor-lr`).
+      momentum: as in torch; may also be a schedule of the step count (what ``OneCycleLR``/
+        ``CyclicLR`` cycle in torch: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -181,12 +183,14 @@ def muon(
 
     def update_fn(updates, state, params=None):
         lr_t = c.lr_at(lr, state.count)
+        # momentum may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
+        m_t = c.lr_at(momentum, state.count) if callable(momentum) else momentum
 
         def leaf(g, buf):
             c.check(g.ndim == 2, "Param gradient must be a 2D matrix")
             # Bit-exact torch lerp: a 1-ulp difference here flips bfloat16 roundings below.
-            buf = c.lerp_fma(buf, g, 1 - momentum)
-            u = c.lerp_fma(g, buf, momentum) if nesterov else buf
+            buf = c.lerp_fma(buf, g, 1 - m_t)
+            u = c.lerp_fma(g, buf, m_t) if nesterov else buf
             u = orthogonalize(u, tuple(ns_coefficients), ns_steps, eps)
             adjusted = _adjust_lr(lr_t, adjust_lr_fn, g.shape, t)
             return (-c.cast(adjusted, g)) * u.astype(g.dtype), buf

@@ -25,7 +25,7 @@ def rmsprop(
     alpha: float = 0.99,
     eps: float = 1e-8,
     weight_decay: ScalarOrSchedule = 0,
-    momentum: float = 0,
+    momentum: ScalarOrSchedule = 0,
     centered: bool = False,
     *,
     capturable: bool = False,
@@ -55,6 +55,8 @@ def rmsprop(
       lr: learning rate: a float, an Optax schedule of the step count, or a 0-d
         float32 array -- torch's ``lr=torch.tensor(...)``, whose step scalars torch computes
         in float32 (see :ref:`tensor-lr`).
+      momentum: as in torch; may also be a schedule of the step count (what ``OneCycleLR``/
+        ``CyclicLR`` cycle in torch: ``lr_scheduler.one_cycle_momentum``/``cyclic_momentum``).
       weight_decay_mask: which leaves get ``weight_decay`` (jaxreg masks; multipliers scale it).
 
     Returns:
@@ -79,18 +81,22 @@ def rmsprop(
     c.nonneg("momentum", momentum)
     c.nonneg("weight_decay", weight_decay)
     c.nonneg("alpha", alpha)
+    # momentum may be a schedule (OneCycleLR/CyclicLR cycle it in torch)
+    scheduled = callable(momentum)
+    use_buf = scheduled or momentum > 0
 
     def init_fn(params):
         z = c.zeros_like_tree
         return RMSpropState(
             jnp.zeros([], jnp.int32),
             z(params),
-            z(params) if momentum > 0 else (),
+            z(params) if use_buf else (),
             z(params) if centered else (),
         )
 
     def update_fn(updates, state, params=None):
         lr_t = c.lr_at(lr, state.count)
+        m_t = c.lr_at(momentum, state.count) if scheduled else momentum
 
         def leaf(g, v, buf, gbar):
             v = v * c.cast(alpha, v) + c.cast(1 - alpha, g) * g * g
@@ -100,7 +106,12 @@ def rmsprop(
             else:
                 avg = jnp.sqrt(v)
             avg = avg + c.cast(eps, avg)
-            if momentum > 0:
+            if scheduled:  # torch tests ``momentum > 0`` at every step
+                on = m_t > 0
+                new_buf = buf * c.cast(m_t, buf) + g / avg
+                out = -c.cast(lr_t, g) * jnp.where(on, new_buf, g / avg)
+                buf = jnp.where(on, new_buf, buf)
+            elif momentum > 0:
                 buf = buf * c.cast(momentum, buf) + g / avg
                 out = -c.cast(lr_t, g) * buf
             else:
@@ -108,13 +119,13 @@ def rmsprop(
             return out, v, buf, gbar
 
         # Unused buffers ride along as the updates tree and are dropped again below.
-        bufs = state.momentum_buffer if momentum > 0 else updates
+        bufs = state.momentum_buffer if use_buf else updates
         gbars = state.grad_avg if centered else updates
         out, v, buf, gbar = c.map_leaves(leaf, updates, state.square_avg, bufs, gbars)
         new = RMSpropState(
             optax.safe_increment(state.count),
             v,
-            buf if momentum > 0 else (),
+            buf if use_buf else (),
             gbar if centered else (),
         )
         return out, new

@@ -276,9 +276,9 @@ def test_reduce_lr_on_plateau_refuses_what_torch_refuses():
             J.reduce_lr_on_plateau(0.1, **kw)
 
 
-def _cycled_run(make_opt, make_sched, tx, n=80):
+def _cycled_run(make_opt, make_sched, tx, n=80, shape=(6,)):
     rng = np.random.default_rng(2)
-    w0, grads = rng.standard_normal(6), rng.standard_normal((n, 6))
+    w0, grads = rng.standard_normal(shape), rng.standard_normal((n, *shape))
     w = torch.tensor(w0, requires_grad=True)
     opt = make_opt([w])
     sched = make_sched(opt)
@@ -315,6 +315,33 @@ def test_one_cycle_with_cycled_momentum_follows_torch(three_phase):
         optim.adamw(J.one_cycle_lr(0.05, **kw), betas=(mom, 0.999), weight_decay=0.1),
     )
     assert moms.max() - moms.min() > 0.05  # torch did cycle beta1
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+
+
+CYCLED = {  # every other torch optimizer OneCycleLR cycles: momentum, or betas[0]
+    # name: (torch class, jaxreg factory, torch-only kwargs, jaxreg-only kwargs, what, shape)
+    "rmsprop": (torch.optim.RMSprop, optim.rmsprop, {"momentum": 0.9}, {}, "momentum", (6,)),
+    "muon": (torch.optim.Muon, optim.muon, {}, {}, "momentum", (4, 3)),
+    "adamax": (torch.optim.Adamax, optim.adamax, {}, {}, "betas", (6,)),
+    "nadam": (torch.optim.NAdam, optim.nadam, {}, {"torch_scalar_dtype": "float32"}, "betas", (6,)),
+    "radam": (torch.optim.RAdam, optim.radam, {}, {}, "betas", (6,)),
+}
+
+
+@pytest.mark.parametrize("name", list(CYCLED))
+def test_one_cycle_momentum_cycles_every_optimizer_that_has_one(name):
+    torch_cls, factory, torch_only, jax_only, key, shape = CYCLED[name]
+    kw = dict(total_steps=60, pct_start=0.3)
+    mom = J.one_cycle_momentum(**kw)
+    extra = {"betas": (mom, 0.999)} if key == "betas" else {"momentum": mom}
+    got, ref, moms = _cycled_run(
+        lambda ps: torch_cls(ps, lr=0.01, **torch_only),
+        lambda o: T.OneCycleLR(o, 0.02, **kw),
+        factory(J.one_cycle_lr(0.02, **kw), **extra, **jax_only),
+        n=59,
+        shape=shape,
+    )
+    assert moms.max() - moms.min() > 0.05  # torch did cycle it
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
 
 

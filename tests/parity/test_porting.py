@@ -367,6 +367,32 @@ LAYERS = {
         lambda: nnx.Conv(2, 3, (3, 3, 3), padding="VALID", **_nnx_f64()),
         (2, 2, 5, 5, 5), (0, 2, 3, 4, 1),
     ),
+    # torch's transposed conv correlates with the flipped kernel; Flax's padding is
+    # (d * (k - 1) - p, d * (k - 1) - p + output_padding)
+    "convtranspose2d": (
+        lambda: torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+        lambda: nnx.ConvTranspose(3, 4, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
+                                  **_nnx_f64()),
+        (2, 3, 5, 6), (0, 2, 3, 1),
+    ),
+    "convtranspose2d-transpose_kernel": (
+        lambda: torch.nn.ConvTranspose2d(3, 3, 4, stride=2, padding=1),
+        lambda: nnx.ConvTranspose(3, 3, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                                  transpose_kernel=True, **_nnx_f64()),
+        (2, 3, 5, 6), (0, 2, 3, 1),
+    ),
+    "convtranspose1d-dilated": (
+        lambda: torch.nn.ConvTranspose1d(2, 2, 3, stride=3, dilation=2),
+        lambda: nnx.ConvTranspose(2, 2, (3,), strides=(3,), padding=((4, 4),),
+                                  kernel_dilation=(2,), **_nnx_f64()),
+        (2, 2, 7), (0, 2, 1),
+    ),
+    "convtranspose3d": (
+        lambda: torch.nn.ConvTranspose3d(2, 3, 2, stride=2),
+        lambda: nnx.ConvTranspose(2, 3, (2, 2, 2), strides=(2, 2, 2), padding=((1, 1),) * 3,
+                                  **_nnx_f64()),
+        (1, 2, 3, 4, 3), (0, 2, 3, 4, 1),
+    ),
     "groupnorm": (
         lambda: torch.nn.GroupNorm(2, 6),
         lambda: nnx.GroupNorm(6, num_groups=2, epsilon=1e-5, use_fast_variance=False,
@@ -399,6 +425,35 @@ def test_each_layer_type_converts_and_computes_as_torch(name):
     ref = tm(torch.tensor(x)).detach().numpy().transpose(perm)
     got = np.asarray(jm(jnp.asarray(x.transpose(perm))))
     assert parity.compare_rel_diff(got, ref) <= 1e-12
+
+
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_conv_transpose_in_linen_variables_converts_both_ways(transpose_kernel):
+    """Linen variables do not record ``transpose_kernel``: the kernel's shape tells when
+    the channel counts differ. Forward output as torch's, and back to torch bitwise."""
+    import flax.linen as nn
+
+    torch.manual_seed(3)
+    tm = torch.nn.ConvTranspose2d(3, 5, 3, stride=2, padding=1).double()
+    fm = nn.ConvTranspose(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                          transpose_kernel=transpose_kernel, param_dtype=jnp.float64)  # fmt: skip
+    x = np.random.default_rng(4).standard_normal((2, 3, 4, 5))
+    template = fm.init(jax.random.key(0), jnp.zeros((1, 4, 5, 3), jnp.float64))
+    variables = convert.from_torch(tm, template)
+    got = np.asarray(fm.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    ref = tm(torch.tensor(x)).detach().numpy().transpose(0, 2, 3, 1)
+    assert parity.compare_rel_diff(got, ref) <= 1e-12
+    back = torch.nn.ConvTranspose2d(3, 5, 3, stride=2, padding=1).double()
+    convert.to_torch(variables, back)
+    for key, value in tm.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_grouped_conv_transpose_is_refused_by_name():
+    tm = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 4, 3, groups=2))
+    fm = nnx.Sequential(nnx.ConvTranspose(4, 4, (3, 3), rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"0: ConvTranspose2d with groups=2"):
+        convert.from_torch(tm, fm)
 
 
 def test_embedding_and_gelu_defaults():
