@@ -175,8 +175,10 @@ def _group_kwargs(factory, group: dict) -> dict:
             continue
         if key == "lr" and hasattr(value, "item"):
             # a Tensor lr: torch computes the step's lr scalars in its dtype; a jax.Array lr
-            # of that dtype makes jaxreg.optim do the same (see the optimizers' docstrings)
-            value = jnp.asarray(value.item(), dtype=str(value.dtype).removeprefix("torch."))
+            # of that dtype makes jaxreg.optim do the same (see the optimizers' docstrings).
+            # A float64 one computes as a float lr does.
+            dt = jnp.dtype(str(value.dtype).removeprefix("torch."))
+            value = value.item() if jnp.finfo(dt).bits >= 64 else jnp.asarray(value.item(), dt)
         elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
             value = value.item()  # tensor betas
         if isinstance(value, tuple):

@@ -106,6 +106,15 @@ def test_from_torch_reproduces_a_tensor_lr():
         assert_trees_close(out, ref, atol=1e-12)
 
 
+def test_from_torch_takes_a_float64_tensor_lr_as_a_float():
+    """torch computes a float64 Tensor lr's scalars in float64, as a float lr's."""
+    p0, grads = params0([(6,)]), random_grads([(6,)], 20)
+    lr = torch.tensor(0.01, dtype=torch.float64)
+    ref, opt = torch_trajectory(lambda ps: torch.optim.AdamW(ps, lr=lr), p0, grads)
+    out, _ = optax_trajectory(optim.from_torch(opt, [jnp.asarray(p0[0])]), p0, grads)
+    assert_trees_close(out, ref, atol=1e-12)
+
+
 def test_a_tensor_lr_with_a_scheduler_is_refused():
     w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.AdamW([w], lr=torch.tensor(0.01))
