@@ -52,7 +52,7 @@ def scale_by_torch_adam(lr, betas, eps, amsgrad) -> optax.GradientTransformation
 
     def update_fn(updates, state, params=None):
         # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
-        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
+        b1 = c.at_count(beta1, state.count)
         _, step_size, bc2_sqrt = adam_step_scalars(lr, b1, b2, state.count)
 
         def leaf(g, m, v, vmax=None):
@@ -271,7 +271,7 @@ def adamax(
 
     def update_fn(updates, state, params=None):
         # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
-        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
+        b1 = c.at_count(beta1, state.count)
         step = c.step_of(state.count)
         clr = c.tensor_div(c.lr_at(lr, state.count), c.one_minus_pow(b1, step), t)
 
@@ -374,7 +374,7 @@ def nadam(
 
     def update_fn(updates, state, params=None):
         # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
-        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
+        b1 = c.at_count(beta1, state.count)
         step = c.step_of(state.count)
         lr_t = c.lr_at(lr, state.count)
         bc2 = c.one_minus_pow(b2, step)
@@ -466,7 +466,7 @@ def radam(
 
     def update_fn(updates, state, params=None):
         # betas[0] may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
-        b1 = c.lr_at(beta1, state.count) if callable(beta1) else beta1
+        b1 = c.at_count(beta1, state.count)
         step = c.step_of(state.count)
         lr_t = c.lr_at(lr, state.count)
         bc1 = c.one_minus_pow(b1, step)

@@ -184,7 +184,7 @@ def muon(
     def update_fn(updates, state, params=None):
         lr_t = c.lr_at(lr, state.count)
         # momentum may be a schedule (OneCycleLR/CyclicLR cycle it in torch): its value now
-        m_t = c.lr_at(momentum, state.count) if callable(momentum) else momentum
+        m_t = c.at_count(momentum, state.count)
 
         def leaf(g, buf):
             c.check(g.ndim == 2, "Param gradient must be a 2D matrix")

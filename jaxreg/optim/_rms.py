@@ -96,7 +96,7 @@ def rmsprop(
 
     def update_fn(updates, state, params=None):
         lr_t = c.lr_at(lr, state.count)
-        m_t = c.lr_at(momentum, state.count) if scheduled else momentum
+        m_t = c.at_count(momentum, state.count)
 
         def leaf(g, v, buf, gbar):
             v = v * c.cast(alpha, v) + c.cast(1 - alpha, g) * g * g

@@ -36,7 +36,7 @@ def scale_by_torch_sgd(
             out = jax.tree.map(lambda g: -c.cast(lr_t, g) * g, updates)
             return out, SGDState(optax.safe_increment(state.count), ())
         first = state.count == 0
-        m_t = c.lr_at(momentum, state.count) if callable(momentum) else momentum
+        m_t = c.at_count(momentum, state.count)
 
         def leaf(g, buf):
             # torch: buf = grad on the first step, else buf.mul_(momentum).add_(grad, 1 - dampening)
