@@ -257,7 +257,7 @@ _SUPPORTED = (
     "LayerNorm", "GroupNorm", "RMSNorm", "Embedding", "MultiheadAttention",
     "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
 )  # fmt: skip
-_CONVS = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+_CONVS = {k for k in _SUPPORTED if k.startswith("Conv")}  # plain and transposed
 
 
 @dataclass(frozen=True)
@@ -615,7 +615,8 @@ def module_map(
             maps, errs = [], []
             own = {k for k, v in mod._parameters.items() if v is not None}
             own |= {k for k, v in mod._buffers.items() if v is not None}
-            tk = _transpose_kernel(flax_target, hit, fl, mod) if "Transpose" in kind else False
+            transposed = kind.startswith("ConvTranspose")
+            tk = _transpose_kernel(flax_target, hit, fl, mod) if transposed else False
             for attr, leaf, coll, fwd, inv in _rules(kind, flatten.get(name), tk):
                 if attr not in own:
                     continue
