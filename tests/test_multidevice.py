@@ -19,6 +19,9 @@ def test_multidevice_suite_passes_on_8_simulated_cpu_devices():
     ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["JAXREG_MULTIDEVICE"] = "1"
+    # A fresh pytest, not an xdist worker: drop the worker markers it inherits.
+    for key in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        env.pop(key, None)
     proc = subprocess.run(
         [
             sys.executable,
@@ -27,6 +30,8 @@ def test_multidevice_suite_passes_on_8_simulated_cpu_devices():
             "tests/multidevice",
             "-p",
             "no:cacheprovider",
+            "-p",
+            "no:benchmark",
             "-o",
             "addopts=",
             "-q",
