@@ -749,7 +749,12 @@ def from_torch(
     mm = module_map(
         torch_module, flax_target, rename=rename, flatten=flatten, example_input=example_input
     )
-    sd = torch_module.state_dict()
+    return _load_flax(mm, torch_module.state_dict(), flax_target)
+
+
+def _load_flax(mm: ModuleMap, sd: dict[str, Any], flax_target: Any) -> Any:
+    """``from_torch`` with its module map already made: a torch ``state_dict`` into the
+    Flax target (linen: a new dict; nnx: the module, updated in place)."""
     flat = {}
     for lm in mm.leaves:
         for path, arr in zip(lm.flax_paths, lm.to_flax(_np(sd[lm.torch_key]))):

@@ -15,9 +15,16 @@ import torch.nn.functional as F
 
 import jaxreg
 from parity import convert, models
+from parity.compare import clone_optimizer_state as _clone_state
 from parity.compare import rel_diff
 from parity.data import Digits, batch_indices, load_digits
 from parity.grid import MUTATIONS, OPTIMIZERS, REGS  # noqa: F401  (re-exported)
+from parity.tolerances import (  # noqa: F401  (F64_TOL re-exported)
+    F64_TOL,
+    REORDERINGS,
+    f32_allowed,
+    f32_tolerance,
+)
 
 # Hyperparameters. L2 uses the sum-of-squares convention: λΣw² ≡ SGD weight_decay 2λ.
 LR = {"sgd": 0.05, "sgd_nesterov": 0.05, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
@@ -25,26 +32,6 @@ L1_ALPHA = 1e-3
 L2_LAMBDA = 1e-3
 COUPLED_WD = 2 * L2_LAMBDA
 DECOUPLED_WD = 1e-2  # torch AdamW's default
-
-# float64: both sides do the same arithmetic; measured drift ≤ 1.7e-12 relative over 300 steps,
-# while every planted semantic bug shows at ≥ 1e-6 -- 1e-10 separates them with margin.
-F64_TOL = 1e-10
-# float32 (teacher-forced, see forced_step_errors): at every step JAX-f32 and torch-f64 start
-# from torch-f32's exact state; JAX-f32's single-step error against torch-f64 must stay within
-# this factor of torch-f32's own single-step error: within float32's own noise.
-# Why not free-running JAX-f32 vs torch-f32: over 300 steps a ReLU input or an L1-thresholded
-# weight occasionally lands on the other side of zero in one run and not the other (measured:
-# jumps to 6e-3 at step 291 of mlp_ln/l2/sgd while torch-f32 stays 1.6e-6 from float64) --
-# chaos, not per-step error. Why against float64 and not torch-f32: that would count both
-# frameworks' rounding as error; XLA's CPU conv gradients round differently from oneDNN's
-# (measured: up to 3.5x torch's error on the CNN with RMSprop, below torch's on the MLP).
-F32_NOISE_FACTOR = 4.0
-# ... at all but this fraction of steps. A ReLU input within float32 rounding of zero can be
-# decided differently by two equally valid float32 forward passes (measured: mlp_ln/l2/rmsprop
-# step 167, hidden unit 18: torch-f32 = float64 to 1e-9, JAX-f32 on the other side of the
-# kink, 1.2e-3 off). Such isolated steps are listed in the report; a semantic bug exceeds the
-# tolerance at every step.
-F32_MAX_EXCEEDING_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -389,20 +376,6 @@ def jax_history(case: Case, data: Digits, device: str = "cpu") -> History:
     return History(losses, snaps, predict, accs)
 
 
-def _clone_state(osd: dict) -> dict:
-    """A copy of an optimizer ``state_dict`` whose tensors do not alias the optimizer's."""
-    state = {
-        i: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
-        for i, st in osd["state"].items()
-    }
-    return {"state": state, "param_groups": osd["param_groups"]}
-
-
-#: Reorderings of a batch that leave the step mathematically unchanged (the loss is a mean):
-#: float32's own noise is the spread of torch-f32's step over them.
-REORDERINGS = ("given", "reversed", "permuted")
-
-
 def forced_step_errors(
     case: Case, data: Digits, device: str = "cpu"
 ) -> tuple[list[float], list[float], History]:
@@ -529,10 +502,10 @@ def run_case(case: Case, data: Digits | None = None, device: str = "cpu") -> Cas
     if case.dtype == "float64":
         tol, judged = F64_TOL, dparam
     else:
-        tol = F32_NOISE_FACTOR * max(max(noise, default=0.0), float(np.finfo(np.float32).eps))
+        tol = f32_tolerance(noise)
         judged = drift
     fails = [i for i, d in enumerate(judged) if d > tol]
-    allowed = 0 if case.dtype == "float64" else int(F32_MAX_EXCEEDING_FRACTION * len(judged))
+    allowed = 0 if case.dtype == "float64" else f32_allowed(len(judged))
 
     def zero_fraction(h: History) -> float:  # exact zeros among all parameter elements
         leaves = [v for k, v in h.snapshots[-1].items() if k.startswith("params")]
