@@ -13,6 +13,7 @@ import numpy as np
 from parity.effect import EffectResult, effect_table
 from parity.identities import IdentityResult
 from parity.run import CaseResult
+from parity.tolerances import F32_MAX_EXCEEDING_FRACTION, F32_NOISE_FACTOR, F64_TOL
 
 
 def environment(device: str, notes: list[str]) -> dict[str, Any]:
@@ -93,14 +94,15 @@ def text_summary(results: list[CaseResult], ids: list[IdentityResult]) -> str:
     lines = [
         f"{len(results)} cases, {len(ids)} identity checks: "
         f"{len(results) + len(ids) - n_fail} passed, {n_fail} failed",
-        f"float64: worst max relative parameter difference {_fmt(worst64)} (tolerance 1e-10)",
+        f"float64: worst max relative parameter difference {_fmt(worst64)} (tolerance {F64_TOL:g})",
     ]
     if ratios:
         over = [(r.case.name, s) for r in f32 for s in r.exceeding_steps]
         lines.append(
             f"float32 (teacher-forced single steps vs float64): JAX-f32 error / float32 noise "
             f"median {np.median(ratios):.2f}, 99th percentile {np.percentile(ratios, 99):.2f} "
-            f"over {len(ratios)} steps (tolerance 4 at >= 99% of each case's steps); "
+            f"over {len(ratios)} steps (tolerance {F32_NOISE_FACTOR:g} at >= "
+            f"{100 * (1 - F32_MAX_EXCEEDING_FRACTION):g}% of each case's steps); "
             f"{len(over)} isolated step(s) over: "
             + (
                 ", ".join(f"{n}@{s}" for n, s in over[:8]) + (" ..." if len(over) > 8 else "")
@@ -238,7 +240,7 @@ def _plots(out: Path, results: list[CaseResult], effect: list[EffectResult]) -> 
                 if r.noise:
                     ax.plot(np.maximum(r.noise, 1e-17), lw=0.6, alpha=0.4, color="C1")
             if dt == "float64":
-                ax.axhline(1e-10, color="r", ls="--", lw=1, label="tolerance 1e-10")
+                ax.axhline(F64_TOL, color="r", ls="--", lw=1, label=f"tolerance {F64_TOL:g}")
                 ax.plot([], [], color="C0", label="JAX vs torch")
             else:
                 ax.plot([], [], color="C0", label="JAX f32 vs torch f64")

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import jaxreg
-from parity import convert, models
+from parity import convert, models, registry
 from parity.compare import clone_optimizer_state as _clone_state
 from parity.compare import rel_diff
 from parity.data import Digits, batch_indices, load_digits
 from parity.grid import MUTATIONS, OPTIMIZERS, REGS  # noqa: F401  (re-exported)
+from parity.registry import COUPLED_WD, DECOUPLED_WD, L1_ALPHA, L2_LAMBDA  # noqa: F401
 from parity.tolerances import (  # noqa: F401  (F64_TOL re-exported)
     F64_TOL,
     REORDERINGS,
@@ -26,12 +27,8 @@ from parity.tolerances import (  # noqa: F401  (F64_TOL re-exported)
     f32_tolerance,
 )
 
-# Hyperparameters. L2 uses the sum-of-squares convention: λΣw² ≡ SGD weight_decay 2λ.
-LR = {"sgd": 0.05, "sgd_nesterov": 0.05, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
-L1_ALPHA = 1e-3
-L2_LAMBDA = 1e-3
-COUPLED_WD = 2 * L2_LAMBDA
-DECOUPLED_WD = 1e-2  # torch AdamW's default
+# The suite's learning rates, per optimizer (its registry entry holds it).
+LR = {name: e.lr for name, e in registry.OPTIMIZERS.items()}
 
 
 @dataclass(frozen=True)
@@ -54,12 +51,8 @@ class Case:
 
 def valid(model: str, reg: str, optimizer: str) -> bool:
     """Combinations that exist in both frameworks (decoupled decay is Adam's/AdamW's;
-    AdamW has no coupled weight_decay)."""
-    if reg == "decoupled":
-        return optimizer in ("adam", "adamw")
-    if reg == "wd":
-        return optimizer != "adamw"
-    return True
+    AdamW has no coupled weight_decay): :meth:`parity.registry.RegularizerEntry.valid_for`."""
+    return registry.REGULARIZERS[reg].valid_for(registry.OPTIMIZERS[optimizer])
 
 
 @dataclass
@@ -115,53 +108,31 @@ class CaseResult:
 # --- the torch side, written as a PyTorch user writes it ------------------------------
 
 
-def _decay_strength(case: Case) -> float:
-    if case.reg not in ("wd", "masked", "decoupled"):
-        return 0.0
-    if case.weight_decay is not None:
-        return case.weight_decay
-    decoupled = case.reg == "decoupled" or (case.optimizer == "adamw" and case.reg == "masked")
-    return DECOUPLED_WD if decoupled else COUPLED_WD
-
-
 def _torch_optimizer(case: Case, model: torch.nn.Module) -> torch.optim.Optimizer:
-    lr, reg, opt = LR[case.optimizer], case.reg, case.optimizer
-    wd = _decay_strength(case)
-    if reg == "masked":  # the usual "no decay on biases and norms" param groups
+    opt, reg = registry.OPTIMIZERS[case.optimizer], registry.REGULARIZERS[case.reg]
+    params: Any = model.parameters()
+    if reg.no_decay_group:  # the usual "no decay on biases and norms" param groups
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]
         params = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    else:
-        params = model.parameters()
-    if opt == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if opt == "sgd_nesterov":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
-    if opt == "adam":
-        return torch.optim.Adam(
-            params, lr=lr, weight_decay=wd, decoupled_weight_decay=reg == "decoupled"
-        )
-    if opt == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if opt == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
-    raise ValueError(f"unknown optimizer {opt!r}")
+    return opt.torch_optimizer(params, **reg.optimizer_kwargs(opt, case.weight_decay))
 
 
 def _torch_step(case, model, opt, x, y) -> tuple[float, float]:
     """One training step as a PyTorch user writes it; returns (loss, batch accuracy)."""
+    reg = registry.REGULARIZERS[case.reg]
     model.train()
     out = model(x)
     loss = F.cross_entropy(out, y)
-    if case.reg == "l1":
-        loss = loss + L1_ALPHA * sum(p.abs().sum() for p in model.parameters())
-    if case.reg == "l2":
-        loss = loss + L2_LAMBDA * sum(p.pow(2).sum() for p in model.parameters())
+    if "l1" in reg.penalty:
+        loss = loss + reg.penalty["l1"] * sum(p.abs().sum() for p in model.parameters())
+    if "l2" in reg.penalty:
+        loss = loss + reg.penalty["l2"] * sum(p.pow(2).sum() for p in model.parameters())
     opt.zero_grad()
     loss.backward()
     opt.step()
-    if case.reg == "prox_l1":  # proximal L1: soft-threshold after the step
-        thr = LR[case.optimizer] * L1_ALPHA
+    if reg.prox_l1 is not None:  # proximal L1: soft-threshold after the step
+        thr = registry.OPTIMIZERS[case.optimizer].lr * reg.prox_l1
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.sign() * (p.abs() - thr).clamp(min=0))
@@ -171,36 +142,20 @@ def _torch_step(case, model, opt, x, y) -> tuple[float, float]:
 # --- the JAX side, with jaxreg ---------------------------------------------------------
 
 
-def _jax_optimizer(case: Case) -> optax.GradientTransformation:
-    lr, reg, opt = LR[case.optimizer], case.reg, case.optimizer
-    wd = _decay_strength(case) * (1.01 if case.mutation == "decay_factor" else 1.0)
-    if opt == "adamw" and case.mutation == "adamw_default_wd":
-        wd = 1e-4
-    mask = jaxreg.masks.min_ndim(2) if reg == "masked" else None
-    o = jaxreg.optim
-    if opt == "sgd":
-        tx = o.sgd(lr=lr, weight_decay=wd, weight_decay_mask=mask)
-    elif opt == "sgd_nesterov":
-        tx = o.sgd(lr=lr, momentum=0.9, nesterov=True, weight_decay=wd, weight_decay_mask=mask)
-    elif opt == "adam":
-        tx = o.adam(
-            lr=lr,
-            weight_decay=wd,
-            decoupled_weight_decay=reg == "decoupled",
-            weight_decay_mask=mask,
-        )
-    elif opt == "adamw":
-        tx = o.adamw(lr=lr, weight_decay=wd, weight_decay_mask=mask)
-    elif opt == "rmsprop":
-        tx = o.rmsprop(lr=lr, weight_decay=wd, weight_decay_mask=mask)
-    else:
-        raise ValueError(f"unknown optimizer {opt!r}")
-    if reg == "prox_l1":
-        tx = optax.chain(tx, jaxreg.proximal_l1(lr * L1_ALPHA))
+def _recipe(case: Case) -> registry.JaxRecipe:
+    return registry.jax_recipe(
+        case.model, case.reg, case.optimizer, case.weight_decay, case.mutation
+    )
+
+
+def _jax_optimizer(recipe: registry.JaxRecipe) -> optax.GradientTransformation:
+    tx = recipe.optimizer.jax_optimizer(**recipe.optimizer_kwargs)
+    if recipe.prox_l1 is not None:
+        tx = optax.chain(tx, jaxreg.proximal_l1(recipe.optimizer.lr * recipe.prox_l1))
     return tx
 
 
-def _jax_loss(case: Case, model, has_bn: bool):
+def _jax_loss(recipe: registry.JaxRecipe, model, has_bn: bool):
     def data_loss(params, batch_stats, x, y):
         if has_bn:
             logits, new = model.apply(
@@ -215,18 +170,16 @@ def _jax_loss(case: Case, model, has_bn: bool):
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, (batch_stats, jnp.mean(jnp.argmax(logits, -1) == y))
 
-    factor = 1.01 if case.mutation == "decay_factor" else 1.0
-    if case.reg == "l1" and case.mutation == "l1_abs_grad":
+    if recipe.loss_term is not None:
+        term = recipe.loss_term
 
-        def loss_fn(params, batch_stats, x, y):  # the naive port: jnp.abs, grad 1 at 0
+        def loss_fn(params, batch_stats, x, y):
             loss, aux = data_loss(params, batch_stats, x, y)
-            return loss + L1_ALPHA * sum(jnp.abs(p).sum() for p in jax.tree.leaves(params)), aux
+            return loss + term(params), aux
 
         return loss_fn
-    if case.reg == "l1":
-        return jaxreg.regularized(data_loss, l1=L1_ALPHA * factor)
-    if case.reg == "l2":
-        return jaxreg.regularized(data_loss, l2=L2_LAMBDA * factor)
+    if recipe.penalty:
+        return jaxreg.regularized(data_loss, **recipe.penalty)
     return data_loss
 
 
@@ -321,25 +274,21 @@ def _jax_side(case: Case) -> _JaxSide:
     """The Flax twin, its jaxreg optimizer and the jitted training step for ``case``
     (cached: the forced float32 loop and the free-running history share one compilation)."""
     jdtype = jnp.dtype(case.dtype)
+    recipe = _recipe(case)
     layers = models.layers(case.model)
-    if case.mutation == "flatten_order":
+    if not recipe.permute_flatten:
         layers = [
             convert.Linear(layer.torch_name, layer.flax_name)
             if isinstance(layer, convert.Linear)
             else layer
             for layer in layers
         ]
-    overrides = {}
-    if case.mutation == "ln_eps" and case.model == "mlp_ln":
-        overrides["ln_epsilon"] = 1e-6
-    if case.mutation == "bn_biased_var" and case.model == "cnn_bn":
-        overrides["unbiased_running_var"] = False
-    fmodel = models.flax_model(case.model, jdtype, **overrides)
+    fmodel = models.flax_model(case.model, jdtype, **recipe.model_overrides)
     x0 = jnp.zeros((2, 8, 8, 1), jdtype)
     template = fmodel.init(jax.random.key(0), x0, train=False)
     has_bn = "batch_stats" in template
-    tx = _jax_optimizer(case)
-    loss_fn = _jax_loss(case, fmodel, has_bn)
+    tx = _jax_optimizer(recipe)
+    loss_fn = _jax_loss(recipe, fmodel, has_bn)
 
     @jax.jit
     def step(params, opt_state, batch_stats, x, y):

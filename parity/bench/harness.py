@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parity.tolerances import TOLERANCES
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Guard tolerances (float32). Optimizer steps: elementwise, so two correct implementations
@@ -19,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # the smallest semantic slip benchmarked (SGD weight decay 5e-4 at lr 0.01 missing) moves
 # elements by 1.5e-5 relative -- 1e-6 separates them. Training steps: reductions in
 # another order (measured ≤ 1e-6 on the loss); 1e-4 still catches a wrong model/optimizer.
-GUARD_RTOL = {"opt": 1e-6, "train": 1e-4, "triad": 0.0}
+GUARD_RTOL = {
+    "opt": TOLERANCES["float32", "bench_guard_opt"].value,
+    "train": TOLERANCES["float32", "bench_guard_train"].value,
+    "triad": 0.0,
+}
 GUARD_ATOL = {"opt": 1e-7, "train": 0.0, "triad": 0.0}
 
 

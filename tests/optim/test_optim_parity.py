@@ -20,10 +20,10 @@ import pytest
 from helpers import float32_mode, optax_trajectory, random_grads, rel_err, torch_trajectory
 
 from parity.optim_registry import grid_points
+from parity.tolerances import F32_NOISE_FACTOR, F64_OPTIMIZER_TOL
 from parity.trajectories import params0
 
-F64_REL = 1e-12
-F32_NOISE_FACTOR = 4.0
+F64_REL = F64_OPTIMIZER_TOL
 STEPS = 100
 
 POINTS = list(grid_points())
