@@ -265,7 +265,7 @@ def main(argv=None) -> int:
             for m, r, o in QUICK_EXTRA
             if "float64" in dtypes
         ]
-    if args.quick and args.dtype == "both":  # float32 on the MLP only, to stay under a minute
+    if args.quick and args.dtype == "both":  # float32: the MLP only, for speed
         cases = [c for c in cases if c.dtype == "float64" or c.model == "mlp"]
     if not cases:
         sys.stderr.write("parity: error: no valid case in this selection\n")

@@ -26,6 +26,8 @@ def _check(name, out):
         assert [float(v) for v in out.split()] == pytest.approx([-1e-3 * 0.05, 0.0], rel=1e-12)
     elif name in ("flat.md", "porting.md"):
         assert out.splitlines()[0] == "True"
+        if name == "porting.md":  # the float32 check of the same port, teacher-forced
+            assert out.splitlines()[-1] == "True teacher-forced"
     elif name == "decay.md":  # SGD: L2 in the loss == weight_decay=2λ; Adam: == coupled, != AdamW
         sgd_gap, coupled_gap, decoupled_gap = (float(v) for v in out.split())
         assert sgd_gap <= 1e-15 and coupled_gap <= 1e-15 and decoupled_gap > 1e-4
