@@ -458,15 +458,16 @@ def _compare_forced(
         noise = max(noise, _loss_diff(lt, l64),
                     _worst(_torch_snapshot(mm, torch_module.state_dict()), ref)[0])  # fmt: skip
         noises.append(noise)
-        if dloss > err:
-            err, worst_leaf = dloss, "loss"
         steps.append(StepDiff(k, l64, lj, dloss, err, worst_leaf, noise=noise))
     tol = f32_tolerance(noises)
-    exceeding = [s.step for s in steps if not s.dparam <= tol]
+    exceeding = [s.step for s in steps if not max(s.dloss, s.dparam) <= tol]
     divergence = None
     if len(exceeding) > f32_allowed(len(steps)):
         first = steps[exceeding[0]]
-        divergence = (first.step, f"{first.worst_leaf} ({first.dparam:.2e})")
+        if first.dloss > first.dparam:
+            divergence = (first.step, f"loss ({first.dloss:.2e})")
+        else:
+            divergence = (first.step, f"{first.worst_leaf} ({first.dparam:.2e})")
     return CompareReport(steps, "float32", tol, divergence, leaf_max, jax_state,
                          "teacher-forced", exceeding)  # fmt: skip
 
