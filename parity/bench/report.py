@@ -74,6 +74,8 @@ def table(results: dict) -> str:
               "min–max over rounds; '~' = the limit lies inside that spread):"]  # fmt: skip
     for t in d["targets"]:
         met = {True: "MET", False: "MISSED", None: "—"}[t["met"]]
+        if t.get("limit_invalid"):  # a fraction > 1.05 of a limit: the limit is wrong
+            met = "LIMIT INVALID (a step cannot beat the machine's limit)"
         sp = t.get("spread")
         rng = f"[{sp[0]:.2f}–{sp[1]:.2f}]" if sp else ""
         near = "~" if t.get("within_noise") else ""

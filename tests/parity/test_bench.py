@@ -113,6 +113,9 @@ def test_derived_ratios_by_hand():
     assert row["ratio_best"] == pytest.approx(1.25) and row["ratio_fused"] == pytest.approx(1.25)
     # 20 B/param × 1e7 / 0.010 s = 20 GB/s against a 6 GB/s triad
     assert row["bandwidth_fraction"] == pytest.approx(20e9 / 6e9)
+    # ... 3.3 times a "limit": the limit is wrong, and the target says so instead of MET
+    bw = next(t for t in d["targets"] if "bandwidth" in t["target"])
+    assert bw["met"] is None and bw["limit_invalid"] and bw["limit"] == "limit invalid"
     assert d["reg"]["sgd: weight decay on ÷ off"] == pytest.approx(1.25)
     assert d["reg"]["sgd: L2 penalty in the loss ÷ decay transform"] == pytest.approx(1.05)
     targets = {t["target"]: t for t in d["targets"]}
