@@ -4,7 +4,7 @@ A case of ``python -m parity`` is (model, regularizer, optimizer, dtype[, plante
 Each optimizer and each regularizer is one entry here, holding both sides -- what the
 PyTorch user writes and what the jaxreg port writes -- and each planted bug is a
 registered change to the JAX side. ``parity.run`` builds both training runs from these
-entries and nothing else; the grid's names (:mod:`parity.grid`), the CLI's choices and the
+entries and nothing else; the grid's names (``parity.grid``), the CLI's choices and the
 validity of a combination all come from here.
 
 Adding an optimizer to the suite is one :class:`OptimizerEntry`; a regularizer, one
@@ -78,7 +78,7 @@ class RegularizerEntry:
       weight_decay: the optimizer's ``weight_decay``: ``None`` (none), ``"coupled"``,
         ``"decoupled"`` (through the optimizer's ``decoupled_flags``), or ``"own"``
         (whatever the optimizer's ``weight_decay`` is). The strength is
-        :data:`COUPLED_WD` for coupled decay, :data:`DECOUPLED_WD` for decoupled.
+        ``COUPLED_WD`` for coupled decay, ``DECOUPLED_WD`` for decoupled.
       no_decay_group: torch: biases and norm parameters (``ndim <= 1``) in a
         ``weight_decay=0`` param group; JAX: ``weight_decay_mask=masks.min_ndim(2)``.
       prox_l1: a proximal L1 step of threshold ``lr·prox_l1`` after each step -- torch:

@@ -20,6 +20,7 @@ class Tolerance:
     basis: str
 
 
+#: Every parity tolerance, keyed by ``(dtype, kind)``, with its reason and basis.
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("float64", "trajectory"): Tolerance(
         1e-10,
@@ -63,14 +64,14 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ),
 }
 
-#: float64: both frameworks do the same arithmetic, in a different order. Measured drift on
+#: In float64 both frameworks do the same arithmetic, in a different order. Measured drift on
 #: the suite's models ≤ 1.7e-12 relative over 300 steps (parameters, BatchNorm statistics,
 #: losses), while every semantic difference the suite plants shows at ≥ 1e-6 -- 1e-10
 #: separates the two with two orders of magnitude on each side. Relative, per step, per
-#: leaf, with :func:`parity.compare.rel_diff`'s RMS floor.
+#: leaf, with ``parity.compare_rel_diff``'s RMS floor.
 F64_TOL = TOLERANCES["float64", "trajectory"].value
 
-#: float32 is judged teacher-forced: at every step a JAX-float32 step and a torch-float64
+#: float32 is judged teacher-forced. At every step a JAX-float32 step and a torch-float64
 #: step start from torch-float32's exact state (parameters, buffers, optimizer state) on
 #: the same batch; the JAX step's error against float64 must stay within this factor of
 #: torch-float32's own single-step error against float64 -- within float32's own noise.
@@ -97,7 +98,7 @@ F32_MAX_EXCEEDING_FRACTION = TOLERANCES["float32", "exceeding_fraction"].value
 #: error would be a lucky sample.
 REORDERINGS = ("given", "reversed", "permuted")
 
-#: Optimizer tests, float64: see ``TOLERANCES["float64", "optimizer"]``.
+#: The optimizer tests' float64 tolerance (``TOLERANCES["float64", "optimizer"]``).
 F64_OPTIMIZER_TOL = TOLERANCES["float64", "optimizer"].value
 
 
