@@ -420,8 +420,6 @@ def _compare_forced(
                 f"{type(torch_optimizer).__name__}"
             )
         twins[dt] = (module, optimizer, step)
-    m64, o64, step64 = twins[torch.float64]
-    mp, op, stepp = twins[torch.float32]
     rng = np.random.default_rng(1)
     steps: list[StepDiff] = []
     leaf_max: dict[str, float] = {}
@@ -429,11 +427,7 @@ def _compare_forced(
     for k, batch in enumerate(batches):
         sd = {key: v.detach().clone() for key, v in torch_module.state_dict().items()}
         osd = clone_optimizer_state(torch_optimizer.state_dict())
-        # torch-float64 from torch-float32's state (load_state_dict casts to the twin's dtype)
-        m64.load_state_dict(sd)
-        o64.load_state_dict(clone_optimizer_state(osd))
-        l64 = _loss(step64(batch))
-        ref = _torch_snapshot(mm, m64.state_dict())
+        l64, ref = _twin_step(twins[torch.float64], sd, osd, batch, mm)
         # JAX-float32 from the same state
         variables = convert._load_flax(mm, sd, jax_variables(jax_state))
         template = _fixed_init(jax_opt_state(jax_state))
@@ -446,17 +440,14 @@ def _compare_forced(
         err, worst_leaf = _worst(_jax_snapshot(mm, jax_variables(jax_state)), ref, leaf_max)
         dloss = _loss_diff(lj, l64)
         # float32's own noise: torch-float32 on reordered batches, then its own step
-        noise = 0.0
         n = _batch_len(batch)
-        for perm in (np.arange(n)[::-1].copy(), rng.permutation(n)):
-            mp.load_state_dict(sd)
-            op.load_state_dict(clone_optimizer_state(osd))
-            lp = _loss(stepp(reorder(batch, perm)))
-            noise = max(noise, _loss_diff(lp, l64),
-                        _worst(_torch_snapshot(mm, mp.state_dict()), ref)[0])  # fmt: skip
+        runs = [
+            _twin_step(twins[torch.float32], sd, osd, reorder(batch, perm), mm)
+            for perm in (np.arange(n)[::-1].copy(), rng.permutation(n))
+        ]
         lt = _loss(torch_step(torch_batch(batch)))
-        noise = max(noise, _loss_diff(lt, l64),
-                    _worst(_torch_snapshot(mm, torch_module.state_dict()), ref)[0])  # fmt: skip
+        runs.append((lt, _torch_snapshot(mm, torch_module.state_dict())))
+        noise = max(max(_loss_diff(loss, l64), _worst(snap, ref)[0]) for loss, snap in runs)
         noises.append(noise)
         steps.append(StepDiff(k, l64, lj, dloss, err, worst_leaf, noise=noise))
     tol = f32_tolerance(noises)
@@ -470,6 +461,16 @@ def _compare_forced(
             divergence = (first.step, f"{first.worst_leaf} ({first.dparam:.2e})")
     return CompareReport(steps, "float32", tol, divergence, leaf_max, jax_state,
                          "teacher-forced", exceeding)  # fmt: skip
+
+
+def _twin_step(twin, sd, osd, batch, mm) -> tuple[float, dict[str, np.ndarray]]:
+    """One step of a torch twin ``(module, optimizer, step)`` from the state ``sd``/``osd``
+    (``load_state_dict`` casts to the twin's dtype): its loss and its variables."""
+    module, optimizer, step = twin
+    module.load_state_dict(sd)
+    # a copy: load_state_dict keeps same-dtype state tensors by reference
+    optimizer.load_state_dict(clone_optimizer_state(osd))
+    return _loss(step(batch)), _torch_snapshot(mm, module.state_dict())
 
 
 def _fixed_init(opt_state: Any) -> Any:

@@ -241,7 +241,8 @@ def run(world: int = 2, steps: int = DEFAULT_STEPS, out: Path | None = None,
     killed first.
     """
     from parity.data import load_digits
-    from parity.run import F64_TOL, jax_history
+    from parity.run import jax_history
+    from parity.tolerances import F64_TOL
 
     deadline = time.time() + timeout
     with tempfile.TemporaryDirectory(prefix="parity-dist-") as tmp:

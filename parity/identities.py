@@ -17,10 +17,8 @@ import numpy as np
 
 from parity import models
 from parity.data import Digits
+from parity.registry import COUPLED_WD, OPTIMIZERS
 from parity.run import (
-    COUPLED_WD,
-    F64_TOL,
-    LR,
     Case,
     History,
     _torch_snapshot,
@@ -28,6 +26,7 @@ from parity.run import (
     torch_history,
     trajectory_diff,
 )
+from parity.tolerances import F64_TOL
 
 #: Below this relative distance two runs would count as "the same algorithm".
 NOT_EQUIVALENT_MIN = 1e-4
@@ -116,7 +115,7 @@ def run_identities(data: Digits, steps: int = 300, model: str = "mlp") -> list[I
         worst = moved = 0.0
         for k, v in full.items():
             delta = v - masked[k]
-            expected = -LR["sgd"] * COUPLED_WD * b0[k] if k.endswith("bias") else 0.0
+            expected = -OPTIMIZERS["sgd"].lr * COUPLED_WD * b0[k] if k.endswith("bias") else 0.0
             worst = max(worst, float(np.max(np.abs(delta - expected))))
             if k.endswith("bias"):
                 moved = max(moved, float(np.max(np.abs(delta))))

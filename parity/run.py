@@ -15,20 +15,10 @@ import torch.nn.functional as F
 
 import jaxreg
 from parity import convert, models, registry
-from parity.compare import clone_optimizer_state as _clone_state
-from parity.compare import rel_diff
+from parity.compare import clone_optimizer_state, rel_diff
 from parity.data import Digits, batch_indices, load_digits
 from parity.grid import MUTATIONS, OPTIMIZERS, REGS  # noqa: F401  (re-exported)
-from parity.registry import COUPLED_WD, DECOUPLED_WD, L1_ALPHA, L2_LAMBDA  # noqa: F401
-from parity.tolerances import (  # noqa: F401  (F64_TOL re-exported)
-    F64_TOL,
-    REORDERINGS,
-    f32_allowed,
-    f32_tolerance,
-)
-
-# The suite's learning rates, per optimizer (its registry entry holds it).
-LR = {name: e.lr for name, e in registry.OPTIMIZERS.items()}
+from parity.tolerances import F64_TOL, f32_allowed, f32_tolerance
 
 
 @dataclass(frozen=True)
@@ -334,11 +324,11 @@ def forced_step_errors(
     statistics and optimizer state and take one step on the same batch, as torch-f32 does.
     Returns, per step, (JAX-f32 vs torch-f64, float32's own noise) as max relative
     differences over all variables, and torch-f32's free-running history. The noise is the
-    worst torch-f32 step vs torch-f64 over :data:`REORDERINGS` of the batch: where a
-    gradient is a nearly cancelling sum (and Adam/RMSprop divide it by sqrt(v) + eps), any
-    float32 summation order gives a different answer, and one order's error would be a
-    lucky sample. Single steps avoid the chaotic growth of a free-running float32 run (a
-    ReLU input or an L1-thresholded weight landing on the other side of zero).
+    worst torch-f32 step vs torch-f64 over :data:`parity.tolerances.REORDERINGS` of the
+    batch: where a gradient is a nearly cancelling sum (and Adam/RMSprop divide it by
+    sqrt(v) + eps), any float32 summation order gives a different answer, and one order's
+    error would be a lucky sample. Single steps avoid the chaotic growth of a free-running
+    float32 run (a ReLU input or an L1-thresholded weight landing on the other side of zero).
     """
     tdev, t32, idx = _setup(case, data, device)
     opt32 = _torch_optimizer(case, t32)
@@ -359,7 +349,7 @@ def forced_step_errors(
     for t, batch in enumerate(idx):
         b = torch.tensor(batch, device=tdev)
         sd = {k: v.detach().clone() for k, v in t32.state_dict().items()}
-        osd = _clone_state(opt32.state_dict())
+        osd = clone_optimizer_state(opt32.state_dict())
         # torch-f64 from torch-f32's state (load_state_dict casts params and buffers).
         t64.load_state_dict(sd)
         opt64.load_state_dict(osd)
@@ -393,7 +383,7 @@ def forced_step_errors(
             tp.load_state_dict(sd)
             # load_state_dict keeps same-dtype state tensors by reference: copy, or this
             # step would update `osd` in place.
-            optp.load_state_dict(_clone_state(osd))
+            optp.load_state_dict(clone_optimizer_state(osd))
             bo = torch.tensor(reordered, device=tdev)
             _torch_step(case, tp, optp, x32[bo], y_all[bo])
             snap_p = _torch_snapshot(tp, cmp_layers)
