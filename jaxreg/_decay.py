@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg._tree import leaf_paths, path_str
+from jaxreg._masked import aligned
+from jaxreg._masked import scaled as scaled_by
 from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve, resolve_factors
 
@@ -45,34 +46,14 @@ def map_selected(
     the mask carries a multiplier other than 1, the hyperparameters flagged in
     ``scaled`` (default: all) are multiplied by it.
     """
-    if params is None:
-        raise ValueError(
-            "this jaxreg transform needs the current params: call update(updates, state, params)"
-        )
-    u_leaves, treedef = jax.tree.flatten(updates)
-    try:
-        p_leaves = treedef.flatten_up_to(params)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"updates and params have different structures: {e}") from None
-    holes = [
-        path_str(path)
-        for path, u, p in zip(leaf_paths(updates), u_leaves, p_leaves)
-        if p is None and u is not None
-    ]
-    if holes:
-        raise ValueError(
-            f"updates have arrays at {', '.join(holes)} where params hold None: the two "
-            "trees must have the same structure"
-        )
+    treedef, u_leaves, p_leaves = aligned(updates, params)
     factors = resolve_factors(mask, params)
     scaled = (True,) * len(hparams) if scaled is None else scaled
     out = []
     for u, p, f in zip(u_leaves, p_leaves, factors):
         if f:
-            hp = [
-                jnp.asarray(f * h if (sc and f != 1.0) else h, dtype=u.dtype)
-                for h, sc in zip(hparams, scaled)
-            ]
+            hp = [jnp.asarray(scaled_by(h, f) if sc else h, dtype=u.dtype)
+                  for h, sc in zip(hparams, scaled)]  # fmt: skip
             u = rule(u, p, *hp).astype(u.dtype)
         out.append(u)
     return jax.tree.unflatten(treedef, out)

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxreg._masked import scaled
 from jaxreg._validate import check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve_factors
 
@@ -32,11 +33,6 @@ def _acc_dtype(leaf: jax.Array) -> jnp.dtype:
     return jnp.promote_types(jnp.asarray(leaf).dtype, jnp.float32)
 
 
-def _weighted(term: jax.Array, factor: float) -> jax.Array:
-    """``factor * term`` for a mask multiplier; the term itself (bitwise) for 1."""
-    return term if factor == 1.0 else factor * term
-
-
 def _selected(params: Any, mask: MaskLike) -> list[tuple[jax.Array, float]]:
     """``(leaf, multiplier)`` of every selected leaf (multiplier != 0)."""
     leaves = jax.tree.leaves(params)
@@ -53,7 +49,7 @@ def _total(terms: list[jax.Array]) -> jax.Array:
 
 def _sum_over(params: Any, mask: MaskLike, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
     return _total(
-        [_weighted(jnp.sum(fn(x.astype(_acc_dtype(x)))), f) for x, f in _selected(params, mask)]
+        [scaled(jnp.sum(fn(x.astype(_acc_dtype(x)))), f) for x, f in _selected(params, mask)]
     )
 
 

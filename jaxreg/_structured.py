@@ -8,7 +8,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over, _total, _weighted
+from jaxreg._masked import scaled
+from jaxreg._numerics import safe_norm
+from jaxreg._penalties import _abs, _acc_dtype, _l2_factor, _sum_over, _total
 from jaxreg._tree import leaf_paths, path_str, reject_flat
 from jaxreg._validate import check_nonnegative, concrete_float
 from jaxreg.masks import MaskLike, resolve_factors
@@ -22,12 +24,6 @@ __all__ = [
 ]
 
 _GROUPS = ("leaves", "rows", "columns")
-
-
-def _safe_norm(sq: jax.Array) -> jax.Array:
-    """sqrt(sq) with gradient 0 where sq == 0 (torch's ``vector_norm`` backward at 0)."""
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
 def group_lasso_penalty(params: Any, groups: str = "leaves", mask: MaskLike = None) -> jax.Array:
@@ -70,9 +66,9 @@ def group_lasso_penalty(params: Any, groups: str = "leaves", mask: MaskLike = No
     def term(x: jax.Array) -> jax.Array:
         sq = x * x
         if groups == "leaves" or x.ndim == 0:
-            return _safe_norm(jnp.sum(sq))
+            return safe_norm(jnp.sum(sq))
         axes = tuple(range(1, x.ndim)) if groups == "rows" else tuple(range(x.ndim - 1))
-        return _safe_norm(jnp.sum(sq, axis=axes))
+        return safe_norm(jnp.sum(sq, axis=axes))
 
     return _sum_over(params, mask, term)
 
@@ -136,7 +132,7 @@ def orthogonal_penalty(
         u = x * inv
         gram = u @ u.T if mode == "rows" else u.T @ u
         off = gram * (1.0 - jnp.eye(n, dtype=gram.dtype))
-        terms.append(_weighted(0.5 * jnp.sum(_abs(off)) / (n * (n - 1) / 2.0), f))
+        terms.append(scaled(0.5 * jnp.sum(_abs(off)) / (n * (n - 1) / 2.0), f))
     return _total(terms)
 
 
@@ -188,7 +184,7 @@ def l2_to_reference_penalty(
         if f
     ]
     return factor * _total(
-        [_weighted(jnp.sum(jnp.square(d.astype(_acc_dtype(d)))), f) for d, f in diffs]
+        [scaled(jnp.sum(jnp.square(d.astype(_acc_dtype(d)))), f) for d, f in diffs]
     )
 
 

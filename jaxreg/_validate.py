@@ -57,6 +57,25 @@ def check_nonnegative(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be non-negative, got {x}")
 
 
+def check_nonnegative_tree(name: str, value: Any) -> None:
+    """:func:`check_nonnegative` for every concrete scalar leaf of ``value`` (a scalar or
+    a pytree of per-leaf values); arrays and traced leaves are accepted unchecked."""
+    for leaf in jax.tree.leaves(value):
+        if not isinstance(leaf, jax.core.Tracer) and jnp.ndim(leaf) == 0:
+            check_nonnegative(name, leaf)
+
+
+def constant_float(name: str, value: Any, who: str) -> float:
+    """``float(value)`` of a hyperparameter that must be a constant, not a schedule.
+
+    Raises:
+      ValueError: ``value`` is a schedule (naming ``who`` and ``name``).
+    """
+    if callable(value):
+        raise ValueError(f"{who} take a constant {name}, not a schedule")
+    return float(value)
+
+
 def default_float_dtype() -> jnp.dtype:
     """JAX's default float dtype right now: float64 under x64, else float32."""
     return jnp.zeros((), float).dtype

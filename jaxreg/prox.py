@@ -41,8 +41,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreg._masked import aligned, scaled
+from jaxreg._numerics import guarded_sqrt
 from jaxreg._soft_threshold import soft_threshold
-from jaxreg._validate import ScalarOrSchedule, at_count, check_nonnegative, default_float_dtype
+from jaxreg._validate import (
+    ScalarOrSchedule,
+    at_count,
+    check_nonnegative,
+    check_nonnegative_tree,
+    default_float_dtype,
+)
 from jaxreg.masks import MaskLike, resolve_factors
 
 __all__ = [
@@ -59,12 +67,6 @@ __all__ = [
 ]
 
 
-def _check(name: str, value: Any) -> None:
-    for leaf in jax.tree.leaves(value):
-        if not isinstance(leaf, jax.core.Tracer) and jnp.ndim(leaf) == 0:
-            check_nonnegative(name, leaf)
-
-
 def _per_leaf(h: Any, x: Any) -> list[Any]:
     """``h`` (a scalar, or a pytree shaped like ``x``) as one value per leaf of ``x``."""
     leaves = jax.tree.leaves(x)
@@ -79,8 +81,8 @@ def _per_leaf(h: Any, x: Any) -> list[Any]:
 def _checked(name: str, value: Any, scaling: Any) -> Any:
     """The hyperparameter (jaxopt's default 1 for ``None``), checked with ``scaling``."""
     value = 1.0 if value is None else value
-    _check(name, value)
-    _check("scaling", scaling)
+    check_nonnegative_tree(name, value)
+    check_nonnegative_tree("scaling", scaling)
     return value
 
 
@@ -168,9 +170,9 @@ def prox_elastic_net(
       A pytree like ``x``.
     """
     lam, gam = (1.0, 1.0) if hyperparams is None else hyperparams
-    _check("hyperparams[0]", lam)
-    _check("hyperparams[1]", gam)
-    _check("scaling", scaling)
+    check_nonnegative_tree("hyperparams[0]", lam)
+    check_nonnegative_tree("hyperparams[1]", gam)
+    check_nonnegative_tree("scaling", scaling)
     leaves, treedef = jax.tree.flatten(x)
     out = [
         soft_threshold(u, scaling * a) / (1.0 + scaling * a * b)
@@ -201,8 +203,7 @@ def prox_group_lasso(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
     l2reg = _checked("l2reg", l2reg, scaling)
     leaves, treedef = jax.tree.flatten(x)
     sq = sum(jnp.sum(jnp.square(u)) for u in leaves)
-    pos = sq > 0
-    norm = jnp.sqrt(jnp.where(pos, sq, 1.0))
+    norm, pos = guarded_sqrt(sq)
     factor = jnp.where(pos, jnp.maximum(1.0 - l2reg * scaling / norm, 0.0), 0.0)
     return jax.tree.unflatten(treedef, [factor.astype(u.dtype) * u for u in leaves])
 
@@ -346,16 +347,13 @@ def proximal(
         return ProximalState(jnp.zeros([], jnp.int32), iterate, jnp.ones([], default_float_dtype()))
 
     def update_fn(updates: Any, state: ProximalState, params: Any = None) -> tuple[Any, Any]:
-        if params is None:
-            raise ValueError("proximal needs the params: call update(updates, state, params)")
+        treedef, u_leaves, p_leaves = aligned(updates, params, "proximal")
         s = at_count(scaling, state.count)
-        u_leaves, treedef = jax.tree.flatten(updates)
-        p_leaves = treedef.flatten_up_to(params)
         factors = resolve_factors(mask, params)
         x_new = []
         for u, p, f in zip(u_leaves, p_leaves, factors):
             if f:
-                scale = jnp.asarray(s if f == 1.0 else f * s, u.dtype)
+                scale = jnp.asarray(scaled(s, f), u.dtype)
                 x_new.append(prox(p + u, hyperparams, scale))
             else:
                 x_new.append(None)  # the base step, passed through

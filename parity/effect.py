@@ -17,6 +17,7 @@ import optax
 
 import jaxreg
 from parity.data import Digits, batch_indices
+from parity.registry import EFFECTS
 
 
 class _MLP(nn.Module):
@@ -38,23 +39,6 @@ class EffectResult:
     zero_fraction: float
 
 
-def _setup(reg: str, lr: float, strength: float):
-    """(loss penalty kwargs, optimizer) for one regularization setting."""
-    kernels = jaxreg.masks.min_ndim(2)
-    if reg == "none":
-        return {}, optax.adam(lr)
-    if reg == "l1":
-        return {"l1": strength}, optax.adam(lr)
-    if reg == "l2":
-        return {"l2": strength}, optax.adam(lr)
-    if reg == "decay":
-        return {}, optax.chain(optax.adam(lr), jaxreg.decoupled_weight_decay(100 * strength, lr))
-    if reg == "prox_l1":  # threshold lr·α per step, α = 100 × strength: visible sparsity
-        prox = jaxreg.proximal_l1(lr * 100 * strength, mask=kernels)
-        return {}, optax.chain(optax.adam(lr), prox)
-    raise ValueError(f"unknown regularization {reg!r}")
-
-
 def train_effect(
     data: Digits,
     reg: str,
@@ -68,7 +52,9 @@ def train_effect(
     """Train one MLP on digits with ``reg`` and measure accuracy, weight norm and sparsity."""
     model = _MLP()
     params = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8), jnp.float32))["params"]
-    penalty, tx = _setup(reg, lr, strength)
+    if reg not in EFFECTS:
+        raise ValueError(f"unknown regularization {reg!r}; one of {tuple(EFFECTS)}")
+    penalty, tx = EFFECTS[reg].build(lr, strength)
     x_tr = jnp.asarray(data.x_train, jnp.float32)
     y_tr = jnp.asarray(data.y_train)
 
@@ -106,7 +92,7 @@ def train_effect(
     )
 
 
-REGS = ("none", "l1", "l2", "decay", "prox_l1")
+REGS = tuple(EFFECTS)
 
 
 def effect_table(results: list[EffectResult]) -> str:

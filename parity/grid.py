@@ -5,10 +5,10 @@ Imports nothing heavy, so the CLI can validate arguments before checking that th
 """
 
 from parity.registry import MUTATIONS as _MUTATIONS
-from parity.registry import OPTIMIZERS as _OPTIMIZERS
 from parity.registry import REGULARIZERS as _REGULARIZERS
+from parity.registry import SUITE_OPTIMIZERS as _SUITE_OPTIMIZERS
 
 MODELS = ("mlp", "cnn", "mlp_ln", "cnn_bn")
-OPTIMIZERS = tuple(_OPTIMIZERS)  # the registry's entries, in order
+OPTIMIZERS = _SUITE_OPTIMIZERS  # the model suite's entries, in order
 REGS = tuple(_REGULARIZERS)
 MUTATIONS = tuple(_MUTATIONS)

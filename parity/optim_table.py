@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from parity.optim_registry import grid_points
+from parity.registry import grid_points
 from parity.trajectories import (
     optax_trajectory,
     params0,
@@ -25,14 +25,14 @@ def measure() -> dict[str, dict[str, float]]:
     jax.config.update("jax_enable_x64", True)
     rows: dict[str, dict[str, float]] = {}
     for spec, kwargs, _pid in grid_points():
-        p0, grads = params0(spec.shapes), random_grads(spec.shapes, STEPS)
+        p0, grads = params0(spec.grid.shapes), random_grads(spec.grid.shapes, STEPS)
         make = lambda ps, spec=spec, kwargs=kwargs: spec.torch_cls(ps, **kwargs)  # noqa: E731
         t64, _ = torch_trajectory(make, p0, grads, "float64")
         t32, _ = torch_trajectory(make, p0, grads, "float32")
-        j64, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, "float64")
+        j64, _ = optax_trajectory(spec.make_jax(**kwargs), p0, grads, "float64")
         jax.config.update("jax_enable_x64", False)
         try:
-            j32, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, "float32")
+            j32, _ = optax_trajectory(spec.make_jax(**kwargs), p0, grads, "float32")
         finally:
             jax.config.update("jax_enable_x64", True)
         row = rows.setdefault(

@@ -1,17 +1,27 @@
-"""The model suite's registry: one definition of every case's pieces.
+"""The parity registry: one definition of every optimizer, regularizer and planted bug.
 
-A case of ``python -m parity`` is (model, regularizer, optimizer, dtype[, planted bug]).
-Each optimizer and each regularizer is one entry here, holding both sides -- what the
-PyTorch user writes and what the jaxreg port writes -- and each planted bug is a
-registered change to the JAX side. ``parity.run`` builds both training runs from these
-entries and nothing else; the grid's names (``parity.grid``), the CLI's choices and the
-validity of a combination all come from here.
+Every part of ``parity`` builds its optimizers and regularizers from the entries here:
 
-Adding an optimizer to the suite is one :class:`OptimizerEntry`; a regularizer, one
-:class:`RegularizerEntry`; a planted bug, one :class:`Mutation`. For example, torch's
-``Adamax`` would be::
+- the model suite (``python -m parity``, :mod:`parity.run`, :mod:`parity.distributed`): a
+  case is (model, regularizer, optimizer, dtype[, planted bug]); ``parity.run`` builds
+  both training runs from an :class:`OptimizerEntry` (those with a suite ``lr``), a
+  :class:`RegularizerEntry` and a :class:`Mutation`, and nothing else;
+- the optimizer grid (the torch-vs-jaxreg step tests and ``python -m parity.optim_table``):
+  each entry's :class:`FlagGrid`, through :func:`grid_points`;
+- the benchmark (``python -m parity.bench``): :data:`BENCH`, a setting of an entry;
+- the regularization-effect runs: :data:`EFFECTS`, a regularizer entry at a strength.
 
-    OptimizerEntry("adamax", torch="Adamax", jax="adamax", lr=2e-3)
+Each entry holds both sides -- what the PyTorch user writes and what the jaxreg port
+writes. The grid's names (``parity.grid``), the CLI's choices and the validity of a
+combination come from here too.
+
+Adding an optimizer is one :class:`OptimizerEntry`; giving it an ``lr`` puts it in the
+model suite, a :class:`FlagGrid` in the optimizer grid. For example, torch's ``Adamax``::
+
+    OptimizerEntry("adamax", torch="Adamax", jax="adamax", lr=2e-3,
+                   grid=FlagGrid({"lr": 0.01, "weight_decay": 0.1}, ({}, {"betas": (0.5, 0.9)})))
+
+A regularizer is one :class:`RegularizerEntry`; a planted bug, one :class:`Mutation`.
 
 This module imports nothing heavy (torch and jaxreg are looked up by name when a case is
 built), so the CLI can validate its arguments before the ``parity`` extra is imported.
@@ -30,40 +40,92 @@ L2_LAMBDA = 1e-3
 COUPLED_WD = 2 * L2_LAMBDA
 DECOUPLED_WD = 1e-2  # torch AdamW's default
 
+SHAPES = ((4, 3), (3,), (), (5, 2))  # the grid's leaves: matrices, a vector, a scalar leaf
+MATRIX_SHAPES = ((4, 3), (3, 5), (6, 2))  # Muon: 2-D only
+
+
+@dataclass(frozen=True)
+class FlagGrid:
+    """An optimizer's flag grid: every point is stepped against torch on random gradients.
+
+    Attributes:
+      base: arguments at every point (``lr``, ``weight_decay``, ...).
+      points: the flag combinations, each added to ``base``.
+      shapes: the parameter leaves' shapes.
+      maximize: the last point is also run with ``maximize=True``.
+    """
+
+    base: dict[str, Any]
+    points: tuple[dict[str, Any], ...] = ({},)
+    shapes: tuple[tuple[int, ...], ...] = SHAPES
+    maximize: bool = True
+
 
 @dataclass(frozen=True)
 class OptimizerEntry:
-    """A torch optimizer and its jaxreg twin, with the suite's learning rate and flags.
+    """A torch optimizer and its jaxreg twin: the suite's learning rate and flags, and
+    the flag grid.
 
     Attributes:
-      name: the suite's name (``"sgd_nesterov"``).
+      name: the entry's name (``"sgd_nesterov"``).
       torch, jax: the class name in ``torch.optim`` and the factory name in
         ``jaxreg.optim``; both take the same arguments.
-      lr: the learning rate of every case.
-      flags: further arguments, the same on both sides (``momentum=0.9``).
+      lr: the model suite's learning rate; ``None``: not in the model suite.
+      flags: further arguments of the model suite, the same on both sides
+        (``momentum=0.9``).
       decay: what the optimizer's own ``weight_decay`` is: ``"coupled"`` (added to the
         gradient) or ``"decoupled"`` (AdamW).
       decoupled_flags: the arguments that make its ``weight_decay`` decoupled (Adam:
         ``decoupled_weight_decay=True``), or ``None`` where it has no such mode.
+      grid: the optimizer grid's flag combinations, or ``None``.
+      scalar_state: torch keeps 0-d state tensors (NAdam's ``mu_product``, ASGD's
+        ``eta``/``mu``) in its default dtype; the grid passes torch's current choice as
+        ``torch_scalar_dtype``.
     """
 
     name: str
     torch: str
     jax: str
-    lr: float
+    lr: float | None = None
     flags: dict[str, Any] = field(default_factory=dict)
     decay: str = "coupled"
     decoupled_flags: dict[str, Any] | None = None
+    grid: FlagGrid | None = None
+    scalar_state: bool = False
 
-    def torch_optimizer(self, params: Any, **kwargs: Any) -> Any:
+    @property
+    def torch_cls(self) -> Any:
         import torch
 
-        return getattr(torch.optim, self.torch)(params, lr=self.lr, **self.flags, **kwargs)
+        return getattr(torch.optim, self.torch)
 
-    def jax_optimizer(self, **kwargs: Any) -> Any:
+    @property
+    def jax_fn(self) -> Any:
         from jaxreg import optim
 
-        return getattr(optim, self.jax)(lr=self.lr, **self.flags, **kwargs)
+        return getattr(optim, self.jax)
+
+    def torch_optimizer(self, params: Any, **kwargs: Any) -> Any:
+        """The model suite's torch optimizer (its ``lr`` and ``flags``, then ``kwargs``)."""
+        return self.torch_cls(params, **{"lr": self.lr, **self.flags, **kwargs})
+
+    def jax_optimizer(self, **kwargs: Any) -> Any:
+        """The model suite's jaxreg optimizer (its ``lr`` and ``flags``, then ``kwargs``)."""
+        return self.jax_fn(**{"lr": self.lr, **self.flags, **kwargs})
+
+    def make_jax(self, **kwargs: Any) -> Any:
+        """The jaxreg optimizer with exactly ``kwargs``, as torch runs in this process.
+
+        NAdam's and ASGD's 0-d state follows ``torch.get_default_dtype()`` in torch
+        (float32 unless a test sets float64); jaxreg's default follows the parameters,
+        so an entry with ``scalar_state`` passes torch's choice explicitly.
+        """
+        if self.scalar_state and "torch_scalar_dtype" not in kwargs:
+            import torch
+
+            f64 = torch.get_default_dtype() == torch.float64
+            kwargs["torch_scalar_dtype"] = "float64" if f64 else "float32"
+        return self.jax_fn(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -115,21 +177,147 @@ class RegularizerEntry:
             kwargs.update(opt.decoupled_flags or {})
         return kwargs
 
+    def jax_transforms(
+        self, base: Any, lr: float, strength: float, mask: Any = None
+    ) -> tuple[dict[str, float], Any]:
+        """This regularizer as jaxreg transforms around any Optax optimizer ``base``:
+        ``(penalty, tx)``, the arguments of ``jaxreg.regularized`` and the optimizer.
+
+        One ``strength`` for every part: the penalty's α or λ; ``jaxreg.add_weight_decay``
+        before ``base`` (coupled); ``jaxreg.decoupled_weight_decay(strength, lr)`` after it
+        (decoupled); ``jaxreg.proximal_l1(lr·strength)`` after it (proximal L1). ``mask``
+        selects the leaves of the decay or proximal step.
+
+        Raises:
+          ValueError: the regularizer is the optimizer's own ``weight_decay`` (``"own"``),
+            which has no optimizer-independent form.
+        """
+        import optax
+
+        import jaxreg
+
+        penalty = {k: strength for k in self.penalty}
+        if self.weight_decay == "own" or self.no_decay_group:
+            raise ValueError(f"regularizer {self.name!r} is the optimizer's own weight_decay")
+        if self.weight_decay == "coupled":
+            return penalty, optax.chain(jaxreg.add_weight_decay(strength, mask), base)
+        if self.weight_decay == "decoupled":
+            return penalty, optax.chain(base, jaxreg.decoupled_weight_decay(strength, lr, mask))
+        if self.prox_l1 is not None:
+            return penalty, optax.chain(base, jaxreg.proximal_l1(lr * strength, mask=mask))
+        return penalty, base
+
+
+_WD = {"weight_decay": 0.1}
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {
     e.name: e
     for e in (
-        OptimizerEntry("sgd", "SGD", "sgd", lr=0.05),
+        OptimizerEntry(
+            "sgd", "SGD", "sgd", lr=0.05,
+            grid=FlagGrid({"lr": 0.05, **_WD}, (
+                {},
+                {"momentum": 0.9},
+                {"momentum": 0.9, "dampening": 0.5},
+                {"momentum": 0.9, "nesterov": True},
+                {"weight_decay": 0.0, "momentum": 0.5},
+            )),
+        ),
         OptimizerEntry(
             "sgd_nesterov", "SGD", "sgd", lr=0.05, flags={"momentum": 0.9, "nesterov": True}
-        ),  # fmt: skip
+        ),
         OptimizerEntry(
-            "adam", "Adam", "adam", lr=1e-3, decoupled_flags={"decoupled_weight_decay": True}
-        ),  # fmt: skip
-        OptimizerEntry("adamw", "AdamW", "adamw", lr=1e-3, decay="decoupled"),
-        OptimizerEntry("rmsprop", "RMSprop", "rmsprop", lr=1e-3),
+            "adam", "Adam", "adam", lr=1e-3, decoupled_flags={"decoupled_weight_decay": True},
+            grid=FlagGrid({"lr": 0.01, **_WD}, (
+                {},
+                {"amsgrad": True},
+                {"decoupled_weight_decay": True},
+                {"decoupled_weight_decay": True, "amsgrad": True},
+                {"betas": (0.5, 0.9), "eps": 1e-3},
+            )),
+        ),
+        OptimizerEntry(
+            "adamw", "AdamW", "adamw", lr=1e-3, decay="decoupled",
+            grid=FlagGrid({"lr": 0.01}, ({}, {"amsgrad": True}, {"weight_decay": 0.5})),
+        ),
+        OptimizerEntry(
+            "rmsprop", "RMSprop", "rmsprop", lr=1e-3,
+            grid=FlagGrid({"lr": 0.01, **_WD}, (
+                {},
+                {"centered": True},
+                {"momentum": 0.9},
+                {"centered": True, "momentum": 0.9},
+                {"alpha": 0.9, "eps": 1e-3},
+            )),
+        ),
+        # The optimizer grid only (no suite lr):
+        OptimizerEntry(
+            "adagrad", "Adagrad", "adagrad",
+            grid=FlagGrid({"lr": 0.05, **_WD}, (
+                {}, {"lr_decay": 0.01}, {"initial_accumulator_value": 0.1}, {"eps": 1e-3}
+            )),
+        ),
+        OptimizerEntry(
+            "adadelta", "Adadelta", "adadelta",
+            grid=FlagGrid({"lr": 0.5, **_WD}, ({}, {"rho": 0.5, "eps": 1e-4})),
+        ),
+        OptimizerEntry(
+            "adamax", "Adamax", "adamax",
+            grid=FlagGrid({"lr": 0.01, **_WD}, ({}, {"betas": (0.5, 0.9)})),
+        ),
+        OptimizerEntry(
+            "nadam", "NAdam", "nadam", scalar_state=True,
+            grid=FlagGrid({"lr": 0.01, **_WD}, (
+                {}, {"decoupled_weight_decay": True}, {"momentum_decay": 0.01}
+            )),
+        ),
+        OptimizerEntry(
+            "radam", "RAdam", "radam",
+            grid=FlagGrid({"lr": 0.01, **_WD}, (
+                {}, {"decoupled_weight_decay": True}, {"betas": (0.9, 0.99)}
+            )),
+        ),
+        OptimizerEntry(
+            "asgd", "ASGD", "asgd", scalar_state=True,
+            grid=FlagGrid({"lr": 0.05, **_WD}, (
+                {}, {"t0": 20.0}, {"t0": 20.0, "lambd": 0.01, "alpha": 0.5}
+            )),
+        ),
+        OptimizerEntry(
+            "adafactor", "Adafactor", "adafactor",
+            grid=FlagGrid({"lr": 0.01, **_WD}, (
+                {}, {"beta2_decay": -0.5, "d": 2.0}, {"eps": (1e-8, 1e-2)}
+            )),
+        ),
+        OptimizerEntry(
+            "muon", "Muon", "muon",
+            grid=FlagGrid({"lr": 0.01}, (
+                {},
+                {"nesterov": False},
+                {"adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.3},
+                {"adjust_lr_fn": "spectral_unclamped"},
+            ), shapes=MATRIX_SHAPES, maximize=False),
+        ),
     )
-}
+}  # fmt: skip
+
+#: The model suite's optimizers (entries with an ``lr``), in order.
+SUITE_OPTIMIZERS = tuple(name for name, e in OPTIMIZERS.items() if e.lr is not None)
+#: The optimizer grid's entries (one per torch optimizer), in order.
+GRID = tuple(e for e in OPTIMIZERS.values() if e.grid is not None)
+
+
+def grid_points():
+    """``(entry, kwargs, id)`` for every optimizer x flag combination, plus maximize."""
+    for entry in GRID:
+        points = list(entry.grid.points)
+        if entry.grid.maximize:
+            points.append({**points[-1], "maximize": True})
+        for kw in points:
+            kwargs = {**entry.grid.base, **kw}
+            label = ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+            yield entry, kwargs, f"{entry.name}-{label}"
+
 
 REGULARIZERS: dict[str, RegularizerEntry] = {
     e.name: e
@@ -141,6 +329,95 @@ REGULARIZERS: dict[str, RegularizerEntry] = {
         RegularizerEntry("decoupled", weight_decay="decoupled"),
         RegularizerEntry("masked", weight_decay="own", no_decay_group=True),
         RegularizerEntry("prox_l1", prox_l1=L1_ALPHA),
+    )
+}
+
+
+@dataclass(frozen=True)
+class BenchEntry:
+    """An optimizer as ``python -m parity.bench`` times it: an :data:`OPTIMIZERS` entry
+    with the benchmark's hyperparameters, and jaxreg's fused step of the same update.
+
+    Attributes:
+      name: the benchmark's name (``spec["opt"]``).
+      optimizer: the :data:`OPTIMIZERS` entry.
+      kwargs: the benchmark's arguments besides ``weight_decay`` (``lr``, ``momentum``).
+      weight_decay: the benchmark's decay (the ``*_nowd`` subjects use 0).
+      fused: the ``jaxreg.optim`` factory of the fused step (``fused_sgd``).
+      bytes_per_param: float32 bytes one fused step reads and writes per parameter.
+      title: the plot's title.
+    """
+
+    name: str
+    optimizer: str
+    kwargs: dict[str, Any]
+    weight_decay: float
+    fused: str
+    bytes_per_param: int
+    title: str
+
+    def torch_optimizer(self, params: Any, weight_decay: float, **flags: Any) -> Any:
+        """torch's optimizer; ``flags`` picks its kernel (``foreach``, ``fused``)."""
+        entry = OPTIMIZERS[self.optimizer]
+        return entry.torch_cls(params, **self.kwargs, weight_decay=weight_decay, **flags)
+
+    def jax_optimizer(self, weight_decay: float) -> Any:
+        return OPTIMIZERS[self.optimizer].jax_fn(**self.kwargs, weight_decay=weight_decay)
+
+    def fused_optimizer(self, weight_decay: float) -> Any:
+        from jaxreg import optim
+
+        return getattr(optim, self.fused)(**self.kwargs, weight_decay=weight_decay)
+
+
+BENCH: dict[str, BenchEntry] = {
+    e.name: e
+    for e in (
+        # read p, g, momentum; write p, momentum: 5 x 4 B
+        BenchEntry("sgd", "sgd", {"lr": 0.01, "momentum": 0.9}, 5e-4, "fused_sgd", 20,
+                   "SGD + momentum + weight decay"),
+        # read p, g, m, v; write p, m, v: 7 x 4 B
+        BenchEntry("adamw", "adamw", {"lr": 0.01}, 1e-2, "fused_adamw", 28, "AdamW"),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EffectEntry:
+    """A row of the regularization-effect runs (:mod:`parity.effect`): a regularizer
+    entry at ``scale`` times the run's strength, on ``optax.adam``.
+
+    Attributes:
+      name: the row's label.
+      regularizer: the :data:`REGULARIZERS` entry.
+      scale: multiple of the run's strength (a visible effect for decay and prox).
+      kernels_only: the decay/proximal step touches only kernels (``ndim >= 2``).
+    """
+
+    name: str
+    regularizer: str
+    scale: float = 1.0
+    kernels_only: bool = False
+
+    def build(self, lr: float, strength: float) -> tuple[dict[str, float], Any]:
+        """``(penalty, tx)``: ``jaxreg.regularized``'s arguments and the optimizer."""
+        import optax
+
+        from jaxreg import masks
+
+        mask = masks.min_ndim(2) if self.kernels_only else None
+        reg = REGULARIZERS[self.regularizer]
+        return reg.jax_transforms(optax.adam(lr), lr, self.scale * strength, mask)
+
+
+EFFECTS: dict[str, EffectEntry] = {
+    e.name: e
+    for e in (
+        EffectEntry("none", "none"),
+        EffectEntry("l1", "l1"),
+        EffectEntry("l2", "l2"),
+        EffectEntry("decay", "decoupled", scale=100),
+        EffectEntry("prox_l1", "prox_l1", scale=100, kernels_only=True),
     )
 }
 

@@ -1,5 +1,6 @@
-"""jaxreg's modules import one way: _tree/_validate -> masks -> penalties and transforms ->
-flat -> optim -> jaxreg/__init__ (checked on the source, so a new cycle fails here first)."""
+"""jaxreg's modules import one way: _tree/_validate/_numerics -> masks/_masked -> penalties
+and transforms -> flat -> optim -> jaxreg/__init__ (checked on the source, so a new cycle
+fails here first)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ PKG = Path(__file__).resolve().parent.parent / "jaxreg"
 LAYERS = {
     "_tree": 0,
     "_validate": 0,
+    "_numerics": 0,
     "masks": 1,
+    "_masked": 1,
     "_decay": 2,
     "_penalties": 2,
     "_structured": 3,

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg._decay import ScheduleState
+from jaxreg._masked import scaled
 from jaxreg._tree import is_float_leaf
-from jaxreg._validate import ScalarOrSchedule
+from jaxreg._validate import ScalarOrSchedule, constant_float
 from jaxreg.masks import MaskLike, resolve_factors
 from jaxreg.optim import _common as c
 from jaxreg.optim import _fused
@@ -34,9 +35,7 @@ class FusedOptimizer(NamedTuple):
 
 
 def _constant(name: str, value: Any) -> float:
-    if callable(value):
-        raise ValueError(f"fused steps take a constant {name}, not a schedule")
-    return float(value)
+    return constant_float(name, value, "fused steps")
 
 
 def _check_backend() -> None:
@@ -78,7 +77,7 @@ def _make(tx, kind, core_cls, hparams, buffers_of, rebuild, weight_decay, mask) 
         dtypes = sorted({str(x.dtype) for x in p_leaves if is_float_leaf(x)})
         for dtype in dtypes:
             idx = [i for i, x in enumerate(p_leaves) if is_float_leaf(x) and str(x.dtype) == dtype]
-            wd = [weight_decay * factors[i] for i in idx]
+            wd = [scaled(weight_decay, factors[i]) for i in idx]
             hp = jnp.concatenate(
                 [
                     jnp.stack([jnp.asarray(v).astype(dtype) for v in hp_values]),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from parity.bench.suite import BYTES_PER_PARAM, TORCH_VARIANTS
+from parity.bench.suite import TORCH_VARIANTS
+from parity.registry import BENCH
 from parity.report import save_figure
 
 
@@ -121,7 +122,7 @@ def plot(results: dict, path: Path) -> Path:
     triad = d["triad_ref_GBps"] * 1e9
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     by_label = {g["label"]: g for g in results["groups"]}
-    for ax, opt in zip(axes, ("sgd", "adamw")):
+    for ax, opt in zip(axes, BENCH):
         rows = sorted((r for r in d["opt"] if r["opt"] == opt and not r["many"]),
                       key=lambda r: r["params"])  # fmt: skip
         if not rows:
@@ -141,14 +142,14 @@ def plot(results: dict, path: Path) -> Path:
             hi = np.array([s["max_s"] for _, s in pts]) - y
             lw = 2.5 if name.startswith("jaxreg") else 1.2
             ax.errorbar(x, y, yerr=[lo, hi], marker="o", lw=lw, label=name, capsize=2)
-        roof = BYTES_PER_PARAM[opt] * n / triad
-        ax.plot(n, roof, "k--", label=f"bandwidth limit ({BYTES_PER_PARAM[opt]} B/param "
+        roof = BENCH[opt].bytes_per_param * n / triad
+        ax.plot(n, roof, "k--", label=f"bandwidth limit ({BENCH[opt].bytes_per_param} B/param "
                                      f"at triad {triad / 1e9:.1f} GB/s)")  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters (10 float32 leaves)")
         ax.set_ylabel("seconds per optimizer step")
-        ax.set_title({"sgd": "SGD + momentum + weight decay", "adamw": "AdamW"}[opt])
+        ax.set_title(BENCH[opt].title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     env = results["environment"]

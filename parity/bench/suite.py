@@ -10,10 +10,10 @@ from typing import Any
 
 from parity.bench.harness import Subject, check_guards, measure
 from parity.progress import Progress
+from parity.registry import BENCH
 
 TORCH_VARIANTS = ("torch_loop", "torch_foreach", "torch_fused", "torch_compile")
 EAGER = ("torch_loop", "torch_foreach", "torch_fused")
-BYTES_PER_PARAM = {"sgd": 20, "adamw": 28}  # float32, fused: SGD+momentum, Adam/AdamW
 TRIAD_BYTES = 12  # a = b + s·c: read b, c, write a (STREAM's count)
 # A measured fraction of a physical limit above this is refused: the limit is wrong (a
 # few % for timing noise between the step's and the limit's rounds).
@@ -69,7 +69,7 @@ def plan(cfg: dict, threads: int, cpus: list[int]) -> list[tuple[dict, list[Subj
     base = {"threads": threads, "cpus": cpus}
     groups = [({**base, "case": "triad", "kind": "triad", "n": cfg["triad_n"]},
                [Subject("jax", "triad", "triad"), Subject("torch", "triad", "triad")])]  # fmt: skip
-    for opt in ("sgd", "adamw"):
+    for opt in BENCH:
         for n in cfg["sizes"]:
             comp = cfg["compile_sizes"] is None or n in cfg["compile_sizes"]
             spec = {**base, "case": "opt", "kind": "opt", "opt": opt, "n": n}
@@ -234,9 +234,9 @@ def derive(results: dict) -> dict:
                 "ratio_tree_best": _ratio(g, tree_key, best_key) if jx_tree else None,
                 "ratio_fused_xla": _ratio(g, "jax:jaxreg", fused_key) if jx_xla else None,
                 "dropped": {k: v["error"] for k, v in g["subjects"].items() if "error" in v},
-                "bandwidth_fraction": BYTES_PER_PARAM[spec["opt"]] * n / jx / triad_bw,
+                "bandwidth_fraction": BENCH[spec["opt"]].bytes_per_param * n / jx / triad_bw,
                 "fused_bandwidth_fraction":
-                    BYTES_PER_PARAM[spec["opt"]] * n / torch_t["torch_fused"] / triad_bw,
+                    BENCH[spec["opt"]].bytes_per_param * n / torch_t["torch_fused"] / triad_bw,
                 "ns_per_param": jx / n * 1e9,
             }  # fmt: skip
             hlo = g["subjects"]["jax:jaxreg"].get("hlo")
@@ -319,7 +319,7 @@ def derive(results: dict) -> dict:
 def _scaling(rows: list[dict]) -> dict:
     """Per optimizer: ns/param at each N and the log-log slope between neighbouring N."""
     out = {}
-    for opt in ("sgd", "adamw"):
+    for opt in BENCH:
         pts = sorted(
             (r["params"], r["jaxreg_s"]) for r in rows if r["opt"] == opt and not r["many"]
         )

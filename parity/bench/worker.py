@@ -20,10 +20,13 @@ import time
 
 import numpy as np
 
+from parity.registry import BENCH, REGULARIZERS
+
 GUARD_STEPS = 3
-LR, MOMENTUM, WD, ADAMW_WD = 0.01, 0.9, 5e-4, 1e-2
+SGD = BENCH["sgd"]
+WD = SGD.weight_decay
 L2_LAMBDA = WD / 2  # λ·Σw² in the loss ≡ coupled decay 2λ
-L1_THRESHOLD = 1e-6
+L1_STRENGTH = 1e-4  # the proximal L1 step's threshold: lr·1e-4 = 1e-6
 
 
 def leaf_sizes(spec: dict) -> list[int]:
@@ -58,23 +61,15 @@ def _guard_vector(leaves) -> list[float]:
 
 def _decay(spec) -> float:
     """The weight decay of a subject: 0 for the ``*_nowd`` variants, else the case's."""
-    if spec["variant"].endswith("_nowd"):
-        return 0.0
-    return WD if spec["opt"] == "sgd" else ADAMW_WD
+    return 0.0 if spec["variant"].endswith("_nowd") else BENCH[spec["opt"]].weight_decay
 
 
 def _jax_opt(spec):
-    import optax
-
-    import jaxreg
-
-    opt, variant = spec["opt"], spec["variant"]
-    if opt == "sgd":
-        tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=_decay(spec))
-    else:
-        tx = jaxreg.optim.adamw(LR, weight_decay=_decay(spec))
-    if variant == "jaxreg_prox":
-        tx = optax.chain(tx, jaxreg.proximal_l1(L1_THRESHOLD))
+    entry = BENCH[spec["opt"]]
+    tx = entry.jax_optimizer(_decay(spec))
+    if spec["variant"] == "jaxreg_prox":
+        lr = entry.kwargs["lr"]
+        _, tx = REGULARIZERS["prox_l1"].jax_transforms(tx, lr, L1_STRENGTH)
     return tx
 
 
@@ -112,7 +107,7 @@ def _jax_subject(spec):
         # The gradient of a linear loss Σ g·w is g; the L2 term is either differentiated
         # with the loss (λΣw², gradient 2λw) or added by the optimizer (weight_decay = 2λ).
         in_loss = variant == "penalty_in_loss"
-        tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=0.0 if in_loss else WD)
+        tx = SGD.jax_optimizer(weight_decay=0.0 if in_loss else WD)
 
         def loss(ps, gs):
             data = sum(jnp.vdot(g, p) for g, p in zip(gs, ps))
@@ -147,11 +142,7 @@ def _jax_subject(spec):
 
 
 def _fused_opt(spec):
-    import jaxreg
-
-    if spec["opt"] == "sgd":
-        return jaxreg.optim.fused_sgd(LR, momentum=MOMENTUM, weight_decay=_decay(spec))
-    return jaxreg.optim.fused_adamw(LR, weight_decay=_decay(spec))
+    return BENCH[spec["opt"]].fused_optimizer(_decay(spec))
 
 
 def _jax_flat(spec, params0, grads0):
@@ -230,7 +221,6 @@ def _jax_train(spec):
     import jax.numpy as jnp
     import optax
 
-    import jaxreg
     from parity import convert, models  # torch: only for the shared initial weights
 
     x, y = _train_data(spec)
@@ -238,7 +228,7 @@ def _jax_train(spec):
     template = fmodel.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
     tmodel = models.torch_model(spec["model"], 0).float()
     variables = convert.torch_to_flax(tmodel.state_dict(), models.layers(spec["model"]), template)
-    tx = jaxreg.optim.sgd(LR, momentum=MOMENTUM, weight_decay=WD)
+    tx = SGD.jax_optimizer(WD)
 
     def loss_fn(p, x, y):
         logits = fmodel.apply({"params": p}, x, train=True)
@@ -274,9 +264,7 @@ def _torch_optimizer(torch, spec, params):
         kw["foreach"] = True
     elif variant in ("fused", "fused_nowd"):
         kw["fused"] = True
-    if spec["opt"] == "sgd":
-        return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=_decay(spec), **kw)
-    return torch.optim.AdamW(params, lr=LR, weight_decay=_decay(spec), **kw)
+    return BENCH[spec["opt"]].torch_optimizer(params, _decay(spec), **kw)
 
 
 def _torch_subject(spec):

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxreg
-from parity.optim_registry import SPECS
+from parity.registry import GRID
 
 STEPS = 5
 TOL = 1e-12  # float64: same arithmetic, partial sums in another order -> a few ULPs
@@ -117,11 +117,11 @@ def _check(tx, names, mesh):
 
 
 def _optimizer_points():
-    for spec in SPECS:
-        for kw in spec.grid:
+    for spec in GRID:
+        for kw in spec.grid.points:
             yield pytest.param(
                 spec,
-                {**spec.base, **kw},
+                {**spec.grid.base, **kw},
                 id=f"{spec.name}-" + (",".join(f"{k}={v}" for k, v in kw.items()) or "default"),
             )
 
@@ -129,7 +129,7 @@ def _optimizer_points():
 @pytest.mark.parametrize("spec,kwargs", list(_optimizer_points()))
 def test_optimizer_sharded_equals_single_device(mesh, spec, kwargs):
     names = list(MATRICES) if spec.name == "muon" else list(LAYOUT)
-    _check(spec.jax(**kwargs), names, mesh)
+    _check(spec.make_jax(**kwargs), names, mesh)
 
 
 TRANSFORMS = {

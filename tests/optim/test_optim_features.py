@@ -12,10 +12,10 @@ import torch
 from helpers import assert_trees_close, optax_trajectory, random_grads, torch_trajectory
 
 from jaxreg import masks, optim
-from parity.optim_registry import MATRIX_SHAPES, SHAPES, SPECS
+from parity.registry import GRID, MATRIX_SHAPES, SHAPES
 from parity.trajectories import params0
 
-SPEC = {s.name: s for s in SPECS}
+SPEC = {s.name: s for s in GRID}
 
 
 # --- schedules --------------------------------------------------------------------------
@@ -51,26 +51,26 @@ SCHEDULED = [
 def test_schedule_matches_torch_lr_scheduler(name, kwargs, sched):
     spec = SPEC[name]
     torch_sched, optax_sched = SCHEDULES[sched]
-    grads = random_grads(spec.shapes, 120)
+    grads = random_grads(spec.grid.shapes, 120)
     ref, _ = torch_trajectory(
         lambda ps: spec.torch_cls(ps, **kwargs),
-        params0(spec.shapes),
+        params0(spec.grid.shapes),
         grads,
         scheduler=torch_sched,
     )
     jkw = {**kwargs, "lr": optax_sched(kwargs["lr"])}
-    out, _ = optax_trajectory(spec.jax(**jkw), params0(spec.shapes), grads)
+    out, _ = optax_trajectory(spec.make_jax(**jkw), params0(spec.grid.shapes), grads)
     assert_trees_close(out, ref, atol=1e-12)
 
 
 # --- masks as torch parameter groups ----------------------------------------------------
 
-MASKED = [s for s in SPECS if s.name != "muon"]
+MASKED = [s for s in GRID if s.name != "muon"]
 
 
 @pytest.mark.parametrize("spec", MASKED, ids=[s.name for s in MASKED])
 def test_weight_decay_mask_matches_torch_param_groups(spec):
-    kwargs = {**spec.base, **spec.grid[-1], "weight_decay": 0.3}
+    kwargs = {**spec.grid.base, **spec.grid.points[-1], "weight_decay": 0.3}
     grads = random_grads(SHAPES, 60)
 
     def make(ps):  # matrices decay; the vector and the scalar are a weight_decay=0 group
@@ -80,11 +80,11 @@ def test_weight_decay_mask_matches_torch_param_groups(spec):
         )
 
     ref, _ = torch_trajectory(make, params0(SHAPES), grads)
-    tx = spec.jax(**kwargs, weight_decay_mask=masks.min_ndim(2))
+    tx = spec.make_jax(**kwargs, weight_decay_mask=masks.min_ndim(2))
     out, _ = optax_trajectory(tx, params0(SHAPES), grads)
     assert_trees_close(out, ref)
     # ... and the mask matters: decaying everything ends elsewhere.
-    everything, _ = optax_trajectory(spec.jax(**kwargs), params0(SHAPES), grads)
+    everything, _ = optax_trajectory(spec.make_jax(**kwargs), params0(SHAPES), grads)
     assert max(np.max(np.abs(a - b)) for a, b in zip(everything, ref)) > 1e-6
 
 
@@ -214,7 +214,7 @@ def test_muon_rejects_non_matrix_params_naming_the_path():
         tx.init({"bias": jnp.zeros(3), "kernel": jnp.zeros((3, 2))})
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+@pytest.mark.parametrize("spec", GRID, ids=[s.name for s in GRID])
 def test_defaults_match_torch(spec):
     """Every default of torch's constructor is jaxreg's default (names included)."""
     import inspect

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import float32_mode, optax_trajectory, random_grads, rel_err, torch_trajectory
 
-from parity.optim_registry import grid_points
+from parity.registry import grid_points
 from parity.tolerances import F32_NOISE_FACTOR, F64_OPTIMIZER_TOL
 from parity.trajectories import params0
 
@@ -34,9 +34,9 @@ MEASURED: dict[str, dict[str, float]] = {}
 
 
 def _run(spec, kwargs, dtype):
-    p0, grads = params0(spec.shapes), random_grads(spec.shapes, STEPS)
+    p0, grads = params0(spec.grid.shapes), random_grads(spec.grid.shapes, STEPS)
     ref, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, dtype=dtype)
-    out, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, dtype=dtype)
+    out, _ = optax_trajectory(spec.make_jax(**kwargs), p0, grads, dtype=dtype)
     return out, ref
 
 
@@ -52,11 +52,11 @@ def test_float64_trajectory_equals_torch(spec, kwargs, pid):
 @pytest.mark.slow
 @pytest.mark.parametrize("spec,kwargs,pid", POINTS, ids=IDS)
 def test_float32_trajectory_within_float32_noise(spec, kwargs, pid):
-    p0, grads = params0(spec.shapes), random_grads(spec.shapes, STEPS)
+    p0, grads = params0(spec.grid.shapes), random_grads(spec.grid.shapes, STEPS)
     ref64, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, "float64")
     ref32, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads, "float32")
     with float32_mode():
-        out32, _ = optax_trajectory(spec.jax(**kwargs), p0, grads, dtype="float32")
+        out32, _ = optax_trajectory(spec.make_jax(**kwargs), p0, grads, dtype="float32")
     assert all(o.dtype == np.float32 for o in out32)
     noise = rel_err(ref32, ref64)  # torch's own float32 error on this case
     err = rel_err(out32, ref32)

@@ -12,7 +12,7 @@ import torch
 from helpers import assert_trees_close, random_grads
 
 from jaxreg import optim
-from parity.optim_registry import MATRIX_SHAPES, SHAPES
+from parity.registry import MATRIX_SHAPES, SHAPES
 
 CASES = [
     (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1}),

@@ -16,10 +16,10 @@ from helpers import (
 )
 
 from jaxreg import optim
-from parity.optim_registry import SPECS, grid_points
+from parity.registry import GRID, grid_points
 from parity.trajectories import params0
 
-SPEC = {s.name: s for s in SPECS}
+SPEC = {s.name: s for s in GRID}
 STEPS = 40
 # Every grid point of every optimizer (maximize included): the lr enters each optimizer's
 # step differently (a multiplier, lr / bias_correction, 1 - lr * weight_decay, ASGD's eta).
@@ -38,16 +38,16 @@ def test_a_float32_array_lr_is_torchs_tensor_lr(spec, kwargs):
     lr = kwargs["lr"]
     if _refused(spec, kwargs):
         with pytest.raises(ValueError, match=r"alpha=0.5.*float32 sqrt kernel"):
-            spec.jax(**{**kwargs, "lr": jnp.float32(lr)})
+            spec.make_jax(**{**kwargs, "lr": jnp.float32(lr)})
         return
-    grads = random_grads(spec.shapes, STEPS)
+    grads = random_grads(spec.grid.shapes, STEPS)
     ref, _ = torch_trajectory(
         lambda ps: spec.torch_cls(ps, **{**kwargs, "lr": torch.tensor(lr)}),
-        params0(spec.shapes),
+        params0(spec.grid.shapes),
         grads,
     )
     out, _ = optax_trajectory(
-        spec.jax(**{**kwargs, "lr": jnp.float32(lr)}), params0(spec.shapes), grads
+        spec.make_jax(**{**kwargs, "lr": jnp.float32(lr)}), params0(spec.grid.shapes), grads
     )
     assert_trees_close(out, ref, atol=1e-12)
 
@@ -59,14 +59,14 @@ def test_asgd_tensor_lr_eta_for_torchs_special_exponents(alpha):
     so the float64 trajectory to round-off. lambd=0.5 makes eta move by many ulps a step."""
     spec = SPEC["asgd"]
     kwargs = {"lr": 0.05, "lambd": 0.5, "alpha": alpha, "t0": 10.0}
-    grads = random_grads(spec.shapes, STEPS)
+    grads = random_grads(spec.grid.shapes, STEPS)
     ref, opt = torch_trajectory(
         lambda ps: spec.torch_cls(ps, **{**kwargs, "lr": torch.tensor(0.05)}),
-        params0(spec.shapes),
+        params0(spec.grid.shapes),
         grads,
     )
     out, state = optax_trajectory(
-        spec.jax(**{**kwargs, "lr": jnp.float32(0.05)}), params0(spec.shapes), grads
+        spec.make_jax(**{**kwargs, "lr": jnp.float32(0.05)}), params0(spec.grid.shapes), grads
     )
     assert float(state.eta) == opt.state[opt.param_groups[0]["params"][0]]["eta"].item()
     assert_trees_close(out, ref, atol=1e-12)
@@ -79,11 +79,13 @@ def test_the_tensor_lr_changes_torchs_numbers_where_the_docs_say():
     differ = set()
     for spec, kwargs, _ in POINTS:
         lr = torch.tensor(kwargs["lr"])
-        grads = random_grads(spec.shapes, STEPS)
+        grads = random_grads(spec.grid.shapes, STEPS)
 
         def run(lr, spec=spec, kwargs=kwargs, grads=grads):
             return torch_trajectory(
-                lambda ps: spec.torch_cls(ps, **{**kwargs, "lr": lr}), params0(spec.shapes), grads
+                lambda ps: spec.torch_cls(ps, **{**kwargs, "lr": lr}),
+                params0(spec.grid.shapes),
+                grads,
             )[0]
 
         if not _refused(spec, kwargs) and max_abs_diff(run(lr), run(lr.item())) > 1e-10:
@@ -132,8 +134,8 @@ def test_fused_adamw_refuses_a_tensor_lr():
 def test_an_array_lr_of_the_scalar_dtype_is_a_float_lr():
     """Only a narrower dtype means "torch Tensor lr": a float64 array lr under x64 gives the
     float lr's numbers exactly (torch: a float64 Tensor lr computes in float64 too)."""
-    grads = random_grads(SPEC["adamw"].shapes, 20)
-    p0 = params0(SPEC["adamw"].shapes)
+    grads = random_grads(SPEC["adamw"].grid.shapes, 20)
+    p0 = params0(SPEC["adamw"].grid.shapes)
     a, _ = optax_trajectory(optim.adamw(lr=jnp.float64(0.01)), p0, grads)
     b, _ = optax_trajectory(optim.adamw(lr=0.01), p0, grads)
     assert_trees_close(a, b, atol=0.0)
@@ -160,8 +162,8 @@ def test_nadam_asgd_default_scalars_follow_the_parameters(name, kwargs):
     torch's float32 default the run differs (the power of the check), and
     ``torch_scalar_dtype="float32"`` reproduces that one."""
     spec = SPEC[name]
-    grads = random_grads(spec.shapes, 60)
-    p0 = params0(spec.shapes)
+    grads = random_grads(spec.grid.shapes, 60)
+    p0 = params0(spec.grid.shapes)
     with torch_default_float64():
         ref64, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads)
     ref32, _ = torch_trajectory(lambda ps: spec.torch_cls(ps, **kwargs), p0, grads)

@@ -3,6 +3,8 @@ the model suite, and the suite then trains it against torch like every other ent
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from parity import grid, registry
@@ -11,7 +13,8 @@ from parity.run import Case, run_case, valid
 
 
 def test_grid_names_and_validity_come_from_the_registry():
-    assert grid.OPTIMIZERS == tuple(registry.OPTIMIZERS)
+    assert grid.OPTIMIZERS == tuple(n for n, e in registry.OPTIMIZERS.items() if e.lr)
+    assert grid.OPTIMIZERS == ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
     assert grid.REGS == tuple(registry.REGULARIZERS)
     assert grid.MUTATIONS == tuple(registry.MUTATIONS)
     # decoupled decay exists for Adam (a flag) and AdamW (its own); AdamW has no coupled one
@@ -33,10 +36,11 @@ def test_regularizer_entries_give_both_sides_the_same_arguments():
 
 @pytest.mark.slow
 def test_one_entry_adds_an_optimizer_and_a_planted_bug(monkeypatch):
-    """torch's Adamax joins the suite as one OptimizerEntry and trains identically to
-    torch (float64); a planted bug registered as one Mutation (its beta2 off by 1e-3) is
-    flagged on it."""
-    entry = registry.OptimizerEntry("adamax", torch="Adamax", jax="adamax", lr=2e-3)
+    """torch's Adamax (an optimizer-grid entry) joins the model suite by its entry getting
+    a learning rate, and trains identically to torch (float64); a planted bug registered
+    as one Mutation (its beta2 off by 1e-3) is flagged on it."""
+    assert registry.OPTIMIZERS["adamax"].lr is None  # the grid's only, so far
+    entry = dataclasses.replace(registry.OPTIMIZERS["adamax"], lr=2e-3)
     monkeypatch.setitem(registry.OPTIMIZERS, "adamax", entry)
 
     def wrong_beta2(r):
@@ -51,3 +55,23 @@ def test_one_entry_adds_an_optimizer_and_a_planted_bug(monkeypatch):
     assert ok.passed and ok.max_dparam <= 1e-12, ok.max_dparam
     bad = run_case(Case("mlp", "masked", "adamax", "float64", steps=20, mutation="beta2"), data)
     assert not bad.passed and bad.first_fail_step is not None
+
+
+def test_the_optimizer_grid_covers_every_torch_optimizer_with_weight_decay():
+    """One grid entry per torch.optim class that takes ``weight_decay`` (torch itself is the
+    reference list), each built from the same entry as the model suite's."""
+    import inspect
+
+    import torch
+
+    with_decay = {
+        name
+        for name, cls in vars(torch.optim).items()
+        if inspect.isclass(cls)
+        and issubclass(cls, torch.optim.Optimizer)
+        and cls is not torch.optim.Optimizer
+        and "weight_decay" in inspect.signature(cls.__init__).parameters
+    }
+    assert sorted(e.torch for e in registry.GRID) == sorted(with_decay)
+    assert len(list(registry.grid_points())) == 53
+    assert registry.OPTIMIZERS["adam"].grid is registry.GRID[1].grid  # one definition
