@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from jaxreg._tree import leaf_paths, path_str
+from parity.tolerances import F64_SAME
 from parity.trajectories import (  # noqa: F401
     optax_trajectory,
     random_grads,
@@ -15,12 +16,10 @@ from parity.trajectories import (  # noqa: F401
     torch_trajectory,
 )
 
-# Tolerances, per dtype. float64: every test compares the same arithmetic done by two
-# implementations, so differences are a few ULPs of the values compared (eps64 ~ 2.2e-16);
-# 1e-12 leaves room for ~1e3 ULP of accumulated rounding over 100 steps, while any
-# semantic difference shows up at >= 1e-8. float32 tolerances are set where used, from
-# measured drift, and say so.
-F64_ATOL = 1e-12
+# float64: every test compares the same arithmetic done by two implementations -- the
+# reason and measured basis are in parity.tolerances.TOLERANCES["float64", "same_arithmetic"].
+# float32 tolerances are set where used, from measured drift, and say so.
+F64_ATOL = F64_SAME
 
 
 def to_numpy_leaves(tree: Any) -> list[np.ndarray]:

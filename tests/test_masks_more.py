@@ -32,8 +32,9 @@ import jaxreg
 from jaxreg import masks, optim
 from jaxreg._tree import leaf_paths
 from parity.models import FlaxCNN, FlaxMLP, TorchCNN, TorchMLP
+from parity.tolerances import F64_SAME
 
-F64 = 1e-12
+F64 = F64_SAME
 
 
 def _tree():

@@ -20,9 +20,10 @@ from jax.sharding import PartitionSpec as P
 
 import jaxreg
 from parity.registry import GRID
+from parity.tolerances import F64_SAME
 
 STEPS = 5
-TOL = 1e-12  # float64: same arithmetic, partial sums in another order -> a few ULPs
+TOL = F64_SAME  # float64: same arithmetic, partial sums in another order -> a few ULPs
 
 LAYOUT = {  # leaf name: (shape, spec)
     "fsdp": ((8, 6), P("data", None)),

@@ -31,10 +31,11 @@ import jaxreg
 from jaxreg import optim
 from parity import models
 from parity.data import batch_indices, load_digits
+from parity.tolerances import F64_SAME
 
 STEPS = 50
 BATCH = 128
-TOL = 1e-12  # float64; measured differences are ~1e-15 (reductions split over devices)
+TOL = F64_SAME  # float64; measured differences are ~1e-15 (reductions split over devices)
 AUTO2 = (AxisType.Auto, AxisType.Auto)
 
 

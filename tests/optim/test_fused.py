@@ -24,10 +24,10 @@ from helpers import float32_mode, random_grads, rel_err, run_jax_steps, torch_tr
 
 from jaxreg import masks, optim
 from jaxreg.optim import _fused
-from parity.tolerances import F32_NOISE_FACTOR
+from parity.tolerances import F32_NOISE_FACTOR, F64_SAME
 from parity.trajectories import params0
 
-F64_REL = 1e-12
+F64_REL = F64_SAME
 STEPS = 30
 SHAPES = [(5, 4), (40_000,), (), (3, 2, 2), (17,)]
 

@@ -13,6 +13,7 @@ from helpers import assert_trees_close, optax_trajectory, random_grads, torch_tr
 
 from jaxreg import masks, optim
 from parity.registry import GRID, MATRIX_SHAPES, SHAPES
+from parity.tolerances import F64_OPTIMIZER_TOL
 from parity.trajectories import params0
 
 SPEC = {s.name: s for s in GRID}
@@ -60,7 +61,7 @@ def test_schedule_matches_torch_lr_scheduler(name, kwargs, sched):
     )
     jkw = {**kwargs, "lr": optax_sched(kwargs["lr"])}
     out, _ = optax_trajectory(spec.make_jax(**jkw), params0(spec.grid.shapes), grads)
-    assert_trees_close(out, ref, atol=1e-12)
+    assert_trees_close(out, ref, atol=F64_OPTIMIZER_TOL)
 
 
 # --- masks as torch parameter groups ----------------------------------------------------

@@ -17,6 +17,7 @@ from helpers import (
 
 from jaxreg import optim
 from parity.registry import GRID, grid_points
+from parity.tolerances import F64_OPTIMIZER_TOL
 from parity.trajectories import params0
 
 SPEC = {s.name: s for s in GRID}
@@ -49,7 +50,7 @@ def test_a_float32_array_lr_is_torchs_tensor_lr(spec, kwargs):
     out, _ = optax_trajectory(
         spec.make_jax(**{**kwargs, "lr": jnp.float32(lr)}), params0(spec.grid.shapes), grads
     )
-    assert_trees_close(out, ref, atol=1e-12)
+    assert_trees_close(out, ref, atol=F64_OPTIMIZER_TOL)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0, -1.0, -2.0, -0.5, 0.25, 1.5])
@@ -69,7 +70,7 @@ def test_asgd_tensor_lr_eta_for_torchs_special_exponents(alpha):
         spec.make_jax(**{**kwargs, "lr": jnp.float32(0.05)}), params0(spec.grid.shapes), grads
     )
     assert float(state.eta) == opt.state[opt.param_groups[0]["params"][0]]["eta"].item()
-    assert_trees_close(out, ref, atol=1e-12)
+    assert_trees_close(out, ref, atol=F64_OPTIMIZER_TOL)
 
 
 def test_the_tensor_lr_changes_torchs_numbers_where_the_docs_say():
@@ -105,7 +106,7 @@ def test_from_torch_reproduces_a_tensor_lr():
         )
         tx = optim.from_torch(opt, [jnp.asarray(p) for p in p0])
         out, _ = optax_trajectory(tx, p0, grads)
-        assert_trees_close(out, ref, atol=1e-12)
+        assert_trees_close(out, ref, atol=F64_OPTIMIZER_TOL)
 
 
 def test_from_torch_takes_a_float64_tensor_lr_as_a_float():
@@ -114,7 +115,7 @@ def test_from_torch_takes_a_float64_tensor_lr_as_a_float():
     lr = torch.tensor(0.01, dtype=torch.float64)
     ref, opt = torch_trajectory(lambda ps: torch.optim.AdamW(ps, lr=lr), p0, grads)
     out, _ = optax_trajectory(optim.from_torch(opt, [jnp.asarray(p0[0])]), p0, grads)
-    assert_trees_close(out, ref, atol=1e-12)
+    assert_trees_close(out, ref, atol=F64_OPTIMIZER_TOL)
 
 
 def test_a_tensor_lr_with_a_scheduler_is_refused():
@@ -171,11 +172,11 @@ def test_nadam_asgd_default_scalars_follow_the_parameters(name, kwargs):
 
     tx = getattr(optim, name)(**kwargs)
     out, _ = optax_trajectory(tx, p0, grads)
-    assert_trees_close(out, ref64, atol=1e-12)
+    assert_trees_close(out, ref64, atol=F64_OPTIMIZER_TOL)
     out32, _ = optax_trajectory(
         getattr(optim, name)(**kwargs, torch_scalar_dtype="float32"), p0, grads
     )
-    assert_trees_close(out32, ref32, atol=1e-12)
+    assert_trees_close(out32, ref32, atol=F64_OPTIMIZER_TOL)
 
     state = tx.init([jnp.asarray(p) for p in p0])
     scalars = [state.mu_product] if name == "nadam" else [state.eta, state.mu]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from jaxreg import optim
+from parity.tolerances import F64_OPTIMIZER_TOL
 
 pytestmark = pytest.mark.slow
 
@@ -64,5 +65,5 @@ def test_torchs_own_optimizer_configurations_match_to_float64_round_off():
     # 12 optimizers; torch 2.14 has 79 CPU configurations for them
     assert len({k.split(":")[0] for k in results}) == 12
     assert len(results) >= 79
-    bad = {k: v for k, v in results.items() if not v <= 1e-12}
+    bad = {k: v for k, v in results.items() if not v <= F64_OPTIMIZER_TOL}
     assert not bad, bad

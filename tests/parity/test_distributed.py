@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from parity.tolerances import F64_TOL
+
 pytestmark = pytest.mark.slow  # separate processes: minutes, not seconds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +47,7 @@ def test_two_processes_match_one_process_and_torch_ddp(tmp_path):
     for row in result["cases"]:
         for check in ("jax_dist_vs_single", "torch_ddp_vs_jax_dist"):
             for what in ("param", "loss"):
-                assert row[check][what] <= result["tolerance"] == 1e-10, (row["case"], check)
+                assert row[check][what] <= result["tolerance"] == F64_TOL, (row["case"], check)
         assert row["max_rank_disagreement"] == 0.0  # replicas identical, bit for bit
     assert "PASS" in proc.stdout and "FAIL" not in proc.stdout
 
@@ -59,7 +61,7 @@ def test_planted_bug_fails_the_ddp_comparison(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "distributed.json").read_text())
     for row in result["cases"]:
-        assert row["jax_dist_vs_single"]["param"] <= 1e-10
+        assert row["jax_dist_vs_single"]["param"] <= F64_TOL
         assert row["torch_ddp_vs_jax_dist"]["param"] > 1e-8, row
         assert not row["passed"]
 

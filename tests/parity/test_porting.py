@@ -18,6 +18,7 @@ from flax import nnx
 import jaxreg
 import parity
 from parity import convert
+from parity.tolerances import F64_TOL
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -49,7 +50,7 @@ def _tutorial(epochs=2):
 def test_tutorial_loop_ported_with_jaxreg_matches_torch(tmp_path):
     report, stats, state = _tutorial()
     assert report.passed, report.summary()
-    assert report.max_dloss <= 1e-10 and len(report.steps) == 2 * (1347 // 64)
+    assert report.max_dloss <= F64_TOL and len(report.steps) == 2 * (1347 // 64)
     assert stats["correct"] == int(state[2])  # the same predictions, step by step
     written = report.write(tmp_path)
     assert (tmp_path / "compare.png").stat().st_size > 0 and len(written) == 3
@@ -90,10 +91,10 @@ def _recipe(dtype, n_batches=None, port=recipe_jax.make, **compare_kw):
 def test_realistic_recipe_ported_with_the_kit_matches_torch_in_float64():
     report, tm, stats, model, state = _recipe("float64")
     assert report.passed, report.summary()
-    assert report.max_dloss <= 1e-10
+    assert report.max_dloss <= F64_TOL
     assert len(report.steps) == recipe_torch.TOTAL_STEPS
     # BatchNorm running statistics and AdamW's moments were compared at every step
-    assert report.leaf_max["batch_stats/bn1/var"] <= 1e-10
+    assert report.leaf_max["batch_stats/bn1/var"] <= F64_TOL
     assert any(k.startswith("exp_avg_sq:") for k in report.leaf_max)
     assert stats["correct"] == int(state[2])
     # eval mode on the test set (running statistics)
@@ -102,7 +103,7 @@ def test_realistic_recipe_ported_with_the_kit_matches_torch_in_float64():
     with torch.no_grad():
         ref = tm(torch.tensor(x_test[:, None])).numpy()
     got = np.asarray(model.apply(state[0], jnp.asarray(x_test[..., None]), train=False))
-    assert parity.compare_rel_diff(got, ref) <= 1e-10
+    assert parity.compare_rel_diff(got, ref) <= F64_TOL
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 from parity import cli
 from parity.data import load_digits
 from parity.run import MUTATIONS, Case, run_case
+from parity.tolerances import F64_TOL
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_quick_grid_passes_and_writes_the_report(quick_report):
         assert field in case
     assert len(case["dparam"]) == cli.QUICK["steps"]
     f64 = [c for c in report["cases"] if c["case_dtype"] == "float64"]
-    assert max(c["max_dparam"] for c in f64) <= 1e-10
+    assert max(c["max_dparam"] for c in f64) <= F64_TOL
     for c in f64:  # per-step training-batch accuracy: the same predictions in both
         assert len(c["batch_acc"]["torch"]) == cli.QUICK["steps"]
         assert c["batch_acc"]["torch"] == c["batch_acc"]["jax"], c["case"]
