@@ -9,14 +9,18 @@ catch (see :mod:`parity.run`).
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import torch
 import torch.nn.functional as F
+from flax import nnx
 
+import jaxreg.nn
 from parity.convert import BatchNorm, Conv2d, LayerNorm, Linear
 
 HIDDEN = 32
 CONV1, CONV2 = 8, 16
+D_MODEL, HEADS, FF = 64, 4, 128  # the transformer block (the benchmark's third model)
 
 
 # --- torch ----------------------------------------------------------------------------
@@ -55,6 +59,23 @@ class TorchCNN(torch.nn.Module):
         return self.fc(x.flatten(1))  # flattens C, H, W
 
 
+class TorchTBlock(torch.nn.Module):
+    """One transformer encoder block on digits: the 8 rows of an image are 8 tokens of 8
+    pixels, embedded, through ``nn.TransformerEncoderLayer`` (post-norm, ReLU, dropout
+    0), mean-pooled, classified."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(8, D_MODEL)
+        self.block = torch.nn.TransformerEncoderLayer(
+            D_MODEL, HEADS, FF, dropout=0.0, batch_first=True
+        )
+        self.head = torch.nn.Linear(D_MODEL, 10)
+
+    def forward(self, x):  # x: (N, 8, 8)
+        return self.head(self.block(self.embed(x)).mean(1))
+
+
 def torch_model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return {
@@ -62,6 +83,7 @@ def torch_model(name: str, seed: int = 0) -> torch.nn.Module:
         "mlp_ln": lambda: TorchMLP(layernorm=True),
         "cnn": lambda: TorchCNN(),
         "cnn_bn": lambda: TorchCNN(batchnorm=True),
+        "tblock": lambda: TorchTBlock(),
     }[name]()
 
 
@@ -139,6 +161,39 @@ class FlaxCNN(nn.Module):
         return nn.Dense(10, name="fc", **kw)(x.reshape((x.shape[0], -1)))  # flattens H, W, C
 
 
+class NnxEncoderLayer(nnx.Module):
+    """``torch.nn.TransformerEncoderLayer`` (post-norm, ReLU, dropout 0) in nnx, torch's
+    attention arithmetic (``jaxreg.nn.dot_product_attention``) and LayerNorm."""
+
+    def __init__(self, d: int, heads: int, ff: int, dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=dtype, dtype=dtype, rngs=rngs)
+        self.self_attn = nnx.MultiHeadAttention(
+            heads, d, decode=False, attention_fn=jaxreg.nn.dot_product_attention, **kw
+        )
+        self.linear1 = nnx.Linear(d, ff, **kw)
+        self.linear2 = nnx.Linear(ff, d, **kw)
+        ln = dict(epsilon=1e-5, use_fast_variance=False, **kw)
+        self.norm1, self.norm2 = nnx.LayerNorm(d, **ln), nnx.LayerNorm(d, **ln)
+
+    def __call__(self, x):
+        x = self.norm1(x + self.self_attn(x))
+        return self.norm2(x + self.linear2(jax.nn.relu(self.linear1(x))))
+
+
+class NnxTBlock(nnx.Module):
+    """:class:`TorchTBlock`'s nnx twin (weights loaded with ``parity.convert.from_torch``)."""
+
+    def __init__(self, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        rngs = rngs or nnx.Rngs(0)
+        kw = dict(param_dtype=dtype, dtype=dtype, rngs=rngs)
+        self.embed = nnx.Linear(8, D_MODEL, **kw)
+        self.block = NnxEncoderLayer(D_MODEL, HEADS, FF, dtype, rngs)
+        self.head = nnx.Linear(D_MODEL, 10, **kw)
+
+    def __call__(self, x):  # x: (N, 8, 8)
+        return self.head(self.block(self.embed(x)).mean(1))
+
+
 def flax_model(name: str, dtype=jnp.float32, **overrides) -> nn.Module:
     if name in ("mlp", "mlp_ln"):
         return FlaxMLP(layernorm=name == "mlp_ln", dtype=dtype, **overrides)
@@ -158,9 +213,9 @@ def layers(name: str):
     return spec + [Conv2d("conv2", "conv2"), Linear("fc", "fc", chw=(CONV2, 4, 4))]
 
 
-def torch_input(x):
-    """(N, 8, 8) images -> torch NCHW."""
-    return x[:, None, :, :]
+def torch_input(x, model: str = "cnn"):
+    """(N, 8, 8) images -> torch NCHW (the transformer block: (N, 8 tokens, 8))."""
+    return x if model == "tblock" else x[:, None, :, :]
 
 
 def flax_input(x):

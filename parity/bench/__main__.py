@@ -1,13 +1,14 @@
 """``python -m parity.bench``: time jaxreg against PyTorch, side by side, in one run.
 
 Exit status: 0 when every subject passed the correctness guard (targets missed or met are
-reported, not judged), 1 when a guard failed or a worker crashed, 2 on bad arguments or a
-missing dependency (one line on stderr).
+reported, not judged), 1 when a guard failed or a worker crashed, 2 on bad arguments, a
+missing dependency or a ``--device`` this machine does not have (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,11 +18,49 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"parity.bench: error: {message}\n")
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be benchmarked here, or ``None`` (checked in a subprocess:
+    JAX's platform is fixed at its first use)."""
+    if device == "cpu":
+        return None
+    import subprocess
+
+    from parity.bench.harness import JAX_PLATFORMS
+
+    platform = JAX_PLATFORMS[device]
+    code = (
+        "import jax\n"
+        "try:\n"
+        "    jax.devices()\n"
+        "except Exception as e:\n"
+        f"    raise SystemExit('JAX has no {platform} backend (jax.devices() raised '\n"
+        "                     + (type(e).__name__ + ' ' + str(e)).strip() + ')')\n"
+    )
+    if device == "gpu":
+        code += (
+            "import torch\n"
+            "if not torch.cuda.is_available():\n"
+            "    raise SystemExit('torch.cuda.is_available() is False')\n"
+        )
+    env = {**os.environ, "JAX_PLATFORMS": JAX_PLATFORMS[device]}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+    return f"--device {device}: no {device.upper()} visible here: {last[:200]}"
+
+
 def main(argv=None) -> int:
     p = _Parser(prog="python -m parity.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes; under 2 minutes")
     p.add_argument(
         "--rounds", type=int, default=None, help="rounds per subject (default 7; quick 5)"
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu", "tpu"),
+        default="cpu",
+        help="where the timed steps run (gpu: torch on CUDA and JAX on the GPU; tpu: JAX)",
     )
     p.add_argument("--out", type=Path, default=Path("bench-report"))
     p.add_argument("--no-plots", action="store_true")
@@ -37,7 +76,11 @@ def main(argv=None) -> int:
     from parity.bench import report, suite
     from parity.bench.harness import BenchError
 
-    cfg = dict(suite.QUICK if args.quick else suite.FULL)
+    problem = device_problem(args.device)
+    if problem:
+        sys.stderr.write(f"parity.bench: error: {problem}\n")
+        return 2
+    cfg = suite.config(args.device, args.quick)
     if args.rounds:
         cfg["rounds"] = args.rounds
     try:
@@ -48,8 +91,8 @@ def main(argv=None) -> int:
     print(report.table(results))
     written = report.write(results, args.out, plots=not args.no_plots)
     print("written: " + ", ".join(str(w) for w in written))
-    print(f"total {results['seconds']:.0f}s")
-    return 0 if results["derived"]["guards_ok"] else 1
+    print(f"total {results.seconds:.0f}s")
+    return 0 if results.derived.guards_ok else 1
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from parity.bench.results import Subject
 from parity.tolerances import TOLERANCES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,22 +21,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # the smallest semantic slip benchmarked (SGD weight decay 5e-4 at lr 0.01 missing) moves
 # elements by 1.5e-5 relative -- 1e-6 separates them. Training steps: reductions in
 # another order (measured ≤ 1e-6 on the loss); 1e-4 still catches a wrong model/optimizer.
+# Roof and stream kernels: elementwise like the optimizer steps, the same tolerance.
+# bfloat16: implementations that round after every operation and those that compute in
+# float32 and round once differ by bfloat16 ULPs.
 GUARD_RTOL = {
-    "opt": TOLERANCES["float32", "bench_guard_opt"].value,
-    "train": TOLERANCES["float32", "bench_guard_train"].value,
-    "triad": 0.0,
+    ("float32", "opt"): TOLERANCES["float32", "bench_guard_opt"].value,
+    ("float32", "train"): TOLERANCES["float32", "bench_guard_train"].value,
+    ("bfloat16", "opt"): TOLERANCES["bfloat16", "bench_guard_opt"].value,
 }
-GUARD_ATOL = {"opt": 1e-7, "train": 0.0, "triad": 0.0}
-
-
-@dataclass
-class Subject:
-    """One (framework, variant) of a case; ``semantics`` groups subjects that must agree."""
-
-    framework: str
-    variant: str
-    semantics: str
-    result: dict = field(default_factory=dict)
+GUARD_ATOL = {"opt": 1e-7, "train": 0.0}
+#: ``JAX_PLATFORMS`` of a worker, per ``--device``.
+JAX_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 
 
 class BenchError(RuntimeError):
@@ -45,7 +40,10 @@ class BenchError(RuntimeError):
 
 class _Worker:
     def __init__(self, spec: dict):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+        device = spec.get("device", "cpu")
+        env = dict(os.environ, JAX_PLATFORMS=JAX_PLATFORMS[device], PYTHONUNBUFFERED="1")
+        if device != "cpu":  # workers share the device: no 75% preallocation per process
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         env.pop("XLA_FLAGS", None)
         self.spec = spec
         self.proc = subprocess.Popen(
@@ -90,7 +88,7 @@ class _Worker:
 def measure(
     case: dict, subjects: list[Subject], rounds: int, round_s: float, ready_s: float = 240.0
 ) -> None:
-    """Time every subject of ``case``; fills ``subject.result``.
+    """Time every subject of ``case``; fills each :class:`Subject`'s measurements.
 
     All workers are started together (set-up and compilation overlap), then timed one at
     a time: ``rounds`` rounds, each visiting every subject once, the order reversed and
@@ -98,7 +96,7 @@ def measure(
     neighbour. A round times ``k`` single steps (``k`` set so a round lasts ~``round_s``);
     its median is the round's value; the subject's value is the median over rounds, with
     the min/max over rounds as its spread. A subject not ready (set-up, guard, compile)
-    within ``ready_s`` seconds is dropped and its ``result["error"]`` says so.
+    within ``ready_s`` seconds is dropped and its ``error`` says so.
     """
     workers = [_Worker({**case, "framework": s.framework, "variant": s.variant}) for s in subjects]
     try:
@@ -107,53 +105,48 @@ def measure(
             try:
                 r = w.read(timeout=deadline - time.time())
             except TimeoutError:
-                s.result["error"] = f"not ready within {ready_s:.0f} s (set-up + compile)"
+                s.error = f"not ready within {ready_s:.0f} s (set-up + compile)"
                 w.proc.kill()
                 continue
-            s.result.update(
-                setup_s=r["setup_s"], compile_s=r["first_step_s"], guard=r["guard"],
-                hlo=r.get("hlo"),
-                iters=max(3, min(500, round(round_s / max(r["per_step_s"], 1e-7)))),
-                rounds=[],
-            )  # fmt: skip
-        order = [i for i, s in enumerate(subjects) if "error" not in s.result]
+            s.setup_s, s.compile_s, s.guard = r["setup_s"], r["first_step_s"], r["guard"]
+            s.hlo, s.rounds = r.get("hlo"), []
+            s.iters = max(3, min(500, round(round_s / max(r["per_step_s"], 1e-7))))
+        order = [i for i, s in enumerate(subjects) if s.error is None]
         for r in range(rounds):
             visit = order[r % len(order) :] + order[: r % len(order)]
             if r % 2:
                 visit.reverse()
             for i in visit:
-                times = workers[i].round(subjects[i].result["iters"])
-                subjects[i].result["rounds"].append(statistics.median(times))
+                times = workers[i].round(subjects[i].iters)
+                subjects[i].rounds.append(statistics.median(times))
     finally:
         for w in workers:
             w.close()
     for s in subjects:
-        if "error" in s.result:
-            continue
-        rs = s.result["rounds"]
-        s.result.update(median_s=statistics.median(rs), min_s=min(rs), max_s=max(rs))
+        if s.error is None:
+            s.median_s, s.min_s, s.max_s = statistics.median(s.rounds), min(s.rounds), max(s.rounds)
 
 
-def check_guards(kind: str, subjects: list[Subject]) -> None:
+def check_guards(kind: str, subjects: list[Subject], dtype: str = "float32") -> None:
     """Subjects with the same semantics must end the guard steps within tolerance of the
     reference: PyTorch's for-loop implementation where the group has one (torch's own
     reference semantics), else the group's first subject. A subject that fails is not
-    timed against the others (``guard_ok`` False)."""
+    timed against the others (``guard_ok`` False). Elementwise kinds (optimizer steps,
+    roof and stream kernels) use the ``"opt"`` tolerance, training steps ``"train"``."""
     import numpy as np
 
-    live = [s for s in subjects if "error" not in s.result]
+    live = [s for s in subjects if s.error is None]
     refs: dict[str, Subject] = {}
     for s in live:
         refs.setdefault(s.semantics, s)
     refs.update({s.semantics: s for s in live if s.variant == "torch_loop"})
     for s in live:
         ref = refs[s.semantics]
-        a, b = np.array(s.result["guard"]), np.array(ref.result["guard"])
-        if kind == "triad":
-            ok, err = True, 0.0
+        a, b = np.array(s.guard), np.array(ref.guard)
+        kind_tol = "train" if kind == "train" else "opt"
+        rtol = GUARD_RTOL[dtype, kind_tol]
+        if dtype == "bfloat16":  # relative to the largest element (see the tolerance)
+            err = float(np.max(np.abs(a - b)) / (rtol * np.max(np.abs(b))))
         else:
-            err = float(np.max(np.abs(a - b) / (GUARD_ATOL[kind] + GUARD_RTOL[kind] * np.abs(b))))
-            ok = bool(err <= 1.0)
-        s.result["guard_ok"] = ok
-        s.result["guard_vs"] = f"{ref.framework}/{ref.variant}"
-        s.result["guard_err_over_tol"] = err
+            err = float(np.max(np.abs(a - b) / (GUARD_ATOL[kind_tol] + rtol * np.abs(b))))
+        s.guard_ok, s.guard_vs, s.guard_err_over_tol = bool(err <= 1.0), ref.name, err

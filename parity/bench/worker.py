@@ -4,10 +4,15 @@ Protocol (JSON lines): the parent starts ``python -m parity.bench.worker SPEC_JS
 worker builds its inputs, runs the correctness guard (``GUARD_STEPS`` steps from the
 shared seeded start), compiles and warms up, and prints ``{"ready": ...}``. Then, for
 each ``{"iters": k}`` line on stdin it times ``k`` steps, each one individually and
-synchronised (``block_until_ready`` on every output in JAX; PyTorch CPU ops are
-synchronous), and prints ``{"times": [...]}``; an empty line or EOF ends it.
+synchronised, and prints ``{"times": [...]}``; an empty line or EOF ends it.
 
-Imports only the framework it measures.
+Synchronisation (:func:`synchronized`): JAX -- ``block_until_ready`` on every output;
+PyTorch -- ``torch.cuda.synchronize()`` after each step on a GPU (CUDA kernels are
+asynchronous), nothing on the CPU (its ops are synchronous); numba -- synchronous.
+
+``spec["device"]`` (``"cpu"``, ``"gpu"``, ``"tpu"``) picks where torch's tensors live
+(JAX's platform is set by the parent, ``JAX_PLATFORMS``); ``spec["dtype"]`` the parameters'
+dtype (``"float32"`` or ``"bfloat16"``). Imports only the framework it measures.
 """
 
 from __future__ import annotations
@@ -38,6 +43,25 @@ def leaf_sizes(spec: dict) -> list[int]:
     n = spec["n"]
     base = n // 10
     return [base] * 9 + [n - 9 * base]
+
+
+def torch_device(spec: dict) -> str:
+    """torch's device for a spec: ``"cuda"`` on a GPU, else the CPU (torch has no TPU)."""
+    return "cuda" if spec.get("device", "cpu") == "gpu" else "cpu"
+
+
+def synchronized(step, spec: dict):
+    """``step`` followed by the framework's wait for the device (see the module docstring)."""
+    if spec["framework"] == "torch" and spec.get("device", "cpu") == "gpu":
+        import torch
+
+        def timed():
+            step()
+            torch.cuda.synchronize()
+
+        timed.hlo = getattr(step, "hlo", None)
+        return timed
+    return step
 
 
 def initial(spec: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -80,20 +104,8 @@ def _jax_subject(spec):
 
     import jaxreg
 
-    if spec["case"] == "triad":
-        n = spec["n"]
-        b = jnp.ones(n, jnp.float32)
-        c = jnp.full(n, 2.0, jnp.float32)
-        # keep_unused: otherwise jit prunes the unused donated `a`, the result gets a fresh
-        # buffer every call and page faults cut the measured bandwidth 3.5x (measured here).
-        triad = jax.jit(lambda a, b, c: b + 3.0 * c, donate_argnums=0, keep_unused=True)
-        state = {"a": jnp.zeros(n, jnp.float32)}
-
-        def step():
-            state["a"] = triad(state["a"], b, c).block_until_ready()
-
-        return step, lambda: [float(state["a"][0])]
-
+    if spec["variant"] == "roof":
+        return _roof(spec)
     if spec["case"] == "train":
         return _jax_train(spec)
 
@@ -101,8 +113,10 @@ def _jax_subject(spec):
     variant = spec["variant"]
     if variant == "jaxreg_flat":  # jaxreg.flat: one buffer for all leaves + the fused step
         return _jax_flat(spec, params0, grads0)
-    params = [jax.device_put(p) for p in params0]  # jnp.asarray: ~12 ms per new shape
-    grads = [jax.device_put(g) for g in grads0]
+    dtype = jnp.dtype(spec.get("dtype", "float32"))
+    # jax.device_put: jnp.asarray costs ~12 ms per new shape
+    params = [jax.device_put(p).astype(dtype) for p in params0]
+    grads = [jax.device_put(g).astype(dtype) for g in grads0]
     if variant in ("penalty_in_loss", "decay_transform"):
         # The gradient of a linear loss Σ g·w is g; the L2 term is either differentiated
         # with the loss (λΣw², gradient 2λw) or added by the optimizer (weight_decay = 2λ).
@@ -139,6 +153,19 @@ def _jax_subject(spec):
     hlo = jstep.lower(box["p"], box["s"], grads).compile().as_text()
     step.hlo = hlo_traffic(hlo, sum(int(p.size) for p in params), len(params))
     return step, lambda: _guard_vector(box["p"])
+
+
+def _roof(spec):
+    """A roof kernel (:mod:`parity.bench.roof`): the stream case's ``axpy``, or the
+    access pattern of the group's optimizer step, over the group's parameter count."""
+    from parity.bench import roof
+
+    pattern = "axpy" if spec["case"] == "stream" else spec["opt"]
+    n = spec["n"] if spec["case"] == "stream" else sum(leaf_sizes(spec))
+    step, written = roof.make(
+        spec["framework"], pattern, n, threads=spec["threads"], device=spec.get("device", "cpu")
+    )
+    return step, lambda: _guard_vector(written())
 
 
 def _fused_opt(spec):
@@ -223,6 +250,8 @@ def _jax_train(spec):
 
     from parity import convert, models  # torch: only for the shared initial weights
 
+    if spec["model"] == "tblock":
+        return _jax_train_nnx(spec)
     x, y = _train_data(spec)
     fmodel = models.flax_model(spec["model"], jnp.float32)
     template = fmodel.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
@@ -252,6 +281,42 @@ def _jax_train(spec):
     return step, lambda: [float(box["loss"])]
 
 
+def _jax_train_nnx(spec):
+    """The transformer block: an nnx model, its weights from the torch twin (same seed)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from parity import convert, models
+
+    x, y = _train_data(spec)
+    model = convert.from_torch(models.torch_model(spec["model"], 0).float(), models.NnxTBlock())
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = SGD.jax_optimizer(WD)
+
+    def loss_fn(p, x, y):
+        logits = nnx.merge(graphdef, p)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def train_step(p, s, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    jstep = jax.jit(train_step, donate_argnums=(0, 1))
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    box = {"p": params, "loss": 0.0}
+    box["s"] = tx.init(params)
+
+    def step():
+        box["p"], box["s"], loss = jstep(box["p"], box["s"], xj, yj)
+        jax.block_until_ready((box["p"], box["s"], loss))
+        box["loss"] = loss
+
+    return step, lambda: [float(box["loss"])]
+
+
 # --- PyTorch ---------------------------------------------------------------------------
 
 
@@ -271,21 +336,16 @@ def _torch_subject(spec):
     import torch
 
     torch.set_num_threads(spec["threads"])
-    if spec["case"] == "triad":
-        n = spec["n"]
-        a, b, c = torch.zeros(n), torch.ones(n), torch.full((n,), 2.0)
-
-        def step():
-            torch.add(b, c, alpha=3.0, out=a)
-
-        return step, lambda: [float(a[0])]
+    if spec["variant"] == "roof":
+        return _roof(spec)
     if spec["case"] == "train":
         return _torch_train(torch, spec)
 
     params0, grads0 = initial(spec)
-    params = [torch.tensor(p, requires_grad=True) for p in params0]
+    dev, dtype = torch_device(spec), getattr(torch, spec.get("dtype", "float32"))
+    params = [torch.tensor(p, device=dev, dtype=dtype, requires_grad=True) for p in params0]
     for p, g in zip(params, grads0):
-        p.grad = torch.tensor(g)
+        p.grad = torch.tensor(g, device=dev, dtype=dtype)
     opt = _torch_optimizer(torch, spec, params)
     if spec["variant"] == "torch_compile":
         # The recipe of PyTorch's "Compiling the optimizer with torch.compile" tutorial.
@@ -294,7 +354,7 @@ def _torch_subject(spec):
             opt.step()
     else:
         step = opt.step
-    return step, lambda: _guard_vector([p.detach().numpy() for p in params])
+    return step, lambda: _guard_vector([p.detach().float().cpu().numpy() for p in params])
 
 
 def _torch_train(torch, spec):
@@ -303,8 +363,10 @@ def _torch_train(torch, spec):
     from parity import models
 
     x, y = _train_data(spec)
-    model = models.torch_model(spec["model"], 0).float()
-    xt, yt = torch.tensor(models.torch_input(x)), torch.tensor(y)
+    dev = torch_device(spec)
+    model = models.torch_model(spec["model"], 0).float().to(dev)
+    xt = torch.tensor(models.torch_input(x, spec["model"]), device=dev)
+    yt = torch.tensor(y, device=dev)
     variant = spec["variant"]
     opt_spec = dict(
         spec, opt="sgd", variant="torch_fused" if variant == "torch_compile" else variant
@@ -326,13 +388,17 @@ def _torch_train(torch, spec):
 # --- main ------------------------------------------------------------------------------
 
 
+def _numba_subject(spec):  # the roof kernels only
+    return _roof(spec)
+
+
+SUBJECTS = {"jax": _jax_subject, "torch": _torch_subject, "numba": _numba_subject}
+
+
 def main(spec: dict) -> None:
-    if spec["framework"] == "jax":
-        make = _jax_subject
-    else:
-        make = _torch_subject
     t0 = time.perf_counter()
-    step, fingerprint = make(spec)
+    step, fingerprint = SUBJECTS[spec["framework"]](spec)
+    step = synchronized(step, spec)
     setup_s = time.perf_counter() - t0
     # Guard: GUARD_STEPS steps from the shared start. The first also compiles (JAX jit,
     # torch.compile): its time is reported as compile time, never counted.
