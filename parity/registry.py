@@ -2,14 +2,14 @@
 
 Every part of ``parity`` builds its optimizers and regularizers from the entries here:
 
-- the model suite (``python -m parity``, :mod:`parity.run`, :mod:`parity.distributed`): a
+- the model suite (``python -m parity``, ``parity.run``, ``parity.distributed``): a
   case is (model, regularizer, optimizer, dtype[, planted bug]); ``parity.run`` builds
   both training runs from an :class:`OptimizerEntry` (those with a suite ``lr``), a
   :class:`RegularizerEntry` and a :class:`Mutation`, and nothing else;
 - the optimizer grid (the torch-vs-jaxreg step tests and ``python -m parity.optim_table``):
   each entry's :class:`FlagGrid`, through :func:`grid_points`;
-- the benchmark (``python -m parity.bench``): :data:`BENCH`, a setting of an entry;
-- the regularization-effect runs: :data:`EFFECTS`, a regularizer entry at a strength.
+- the benchmark (``python -m parity.bench``): ``BENCH``, a setting of an entry;
+- the regularization-effect runs: ``EFFECTS``, a regularizer entry at a strength.
 
 Each entry holds both sides -- what the PyTorch user writes and what the jaxreg port
 writes. The grid's names (``parity.grid``), the CLI's choices and the validity of a
@@ -303,7 +303,7 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {
 
 #: The model suite's optimizers (entries with an ``lr``), in order.
 SUITE_OPTIMIZERS = tuple(name for name, e in OPTIMIZERS.items() if e.lr is not None)
-#: The optimizer grid's entries (one per torch optimizer), in order.
+# The optimizer grid's entries (one per torch optimizer), in order.
 GRID = tuple(e for e in OPTIMIZERS.values() if e.grid is not None)
 
 
@@ -335,12 +335,12 @@ REGULARIZERS: dict[str, RegularizerEntry] = {
 
 @dataclass(frozen=True)
 class BenchEntry:
-    """An optimizer as ``python -m parity.bench`` times it: an :data:`OPTIMIZERS` entry
+    """An optimizer as ``python -m parity.bench`` times it: an ``OPTIMIZERS`` entry
     with the benchmark's hyperparameters, and jaxreg's fused step of the same update.
 
     Attributes:
       name: the benchmark's name (``spec["opt"]``).
-      optimizer: the :data:`OPTIMIZERS` entry.
+      optimizer: the ``OPTIMIZERS`` entry.
       kwargs: the benchmark's arguments besides ``weight_decay`` (``lr``, ``momentum``).
       weight_decay: the benchmark's decay (the ``*_nowd`` subjects use 0).
       fused: the ``jaxreg.optim`` factory of the fused step (``fused_sgd``).
@@ -384,12 +384,12 @@ BENCH: dict[str, BenchEntry] = {
 
 @dataclass(frozen=True)
 class EffectEntry:
-    """A row of the regularization-effect runs (:mod:`parity.effect`): a regularizer
+    """A row of the regularization-effect runs (``parity.effect``): a regularizer
     entry at ``scale`` times the run's strength, on ``optax.adam``.
 
     Attributes:
       name: the row's label.
-      regularizer: the :data:`REGULARIZERS` entry.
+      regularizer: the ``REGULARIZERS`` entry.
       scale: multiple of the run's strength (a visible effect for decay and prox).
       kernels_only: the decay/proximal step touches only kernels (``ndim >= 2``).
     """

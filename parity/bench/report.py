@@ -142,7 +142,7 @@ def plot(results: BenchResults, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(BENCH), figsize=(5.5 * len(BENCH), 4.5))
     by_label = {g.label: g for g in results.groups}
     for ax, opt in zip(np.atleast_1d(axes), BENCH):
-        rows = [r for r in d.opt if r.opt == opt and not r.many and "bfloat16" not in r.label]
+        rows = [r for r in d.opt if r.opt == opt and not r.many and r.dtype == "float32"]
         rows.sort(key=lambda r: r.params)
         if not rows:
             continue

@@ -116,6 +116,7 @@ class OptRow:
     roof: Roof | None = None
     roof_fraction: float | None = None  # roof time ÷ jaxreg time (paired by round)
     torch_fused_roof_fraction: float | None = None
+    dtype: str = "float32"
     hlo_fusions_per_leaf: float | None = None
     hlo_bytes_per_param: float | None = None
     fused_hlo_bytes_per_param: float | None = None

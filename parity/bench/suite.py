@@ -334,7 +334,7 @@ def _opt_row(g: Group) -> OptRow | None:
         ratio_tree_best=_ratio(g, tree, best_key) if jx_tree else None,
         ratio_fused_xla=_ratio(g, ("jax", "jaxreg"), fused_key) if jx_xla else None,
         dropped={s.name: s.error for s in g.subjects if s.error},
-        ns_per_param=jx / n * 1e9,
+        ns_per_param=jx / n * 1e9, dtype=spec.get("dtype", "float32"),
     )  # fmt: skip
     row.roof = None if row.many else _roof(g, spec["opt"], n)
     if row.roof is not None:
@@ -446,7 +446,7 @@ def _scaling(rows: list[OptRow]) -> dict[str, Scaling]:
         pts = sorted(
             (r.params, r.jaxreg_s)
             for r in rows
-            if r.opt == opt and not r.many and not r.label.endswith("bfloat16")
+            if r.opt == opt and not r.many and r.dtype == "float32"
         )
         if len(pts) < 2:
             continue
