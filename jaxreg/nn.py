@@ -157,7 +157,9 @@ class BatchNorm(nn.Module):
         if self.track_running_stats:
             mean = self.variable("batch_stats", "mean", jnp.zeros, shape, dt)
             var = self.variable("batch_stats", "var", jnp.ones, shape, dt)
-            count = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), _COUNT)
+            count = self.variable(
+                "batch_stats", "num_batches_tracked", jnp.zeros, (), _COUNT
+            )
         training = train and not self.is_initializing()
         y, m, v, n = torch_batch_norm(
             x, scale, bias,

@@ -244,60 +244,40 @@ def _train_data(spec):
 
 
 def _jax_train(spec):
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from parity import convert, models  # torch: only for the shared initial weights
-
-    if spec["model"] == "tblock":
-        return _jax_train_nnx(spec)
-    x, y = _train_data(spec)
-    fmodel = models.flax_model(spec["model"], jnp.float32)
-    template = fmodel.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
-    tmodel = models.torch_model(spec["model"], 0).float()
-    variables = convert.torch_to_flax(tmodel.state_dict(), models.layers(spec["model"]), template)
-    tx = SGD.jax_optimizer(WD)
-
-    def loss_fn(p, x, y):
-        logits = fmodel.apply({"params": p}, x, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def train_step(p, s, x, y):
-        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
-
-    jstep = jax.jit(train_step, donate_argnums=(0, 1))
-    xj, yj = jnp.asarray(models.flax_input(x)), jnp.asarray(y)
-    box = {"p": variables["params"], "loss": 0.0}
-    box["s"] = tx.init(box["p"])
-
-    def step():
-        box["p"], box["s"], loss = jstep(box["p"], box["s"], xj, yj)
-        jax.block_until_ready((box["p"], box["s"], loss))
-        box["loss"] = loss
-
-    return step, lambda: [float(box["loss"])]
-
-
-def _jax_train_nnx(spec):
-    """The transformer block: an nnx model, its weights from the torch twin (same seed)."""
+    """A jitted SGD training step of the model, its weights from the torch twin (same seed):
+    linen models through the suite's converter spec, the transformer block as an nnx
+    module through ``parity.convert.from_torch``."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
-    from parity import convert, models
+    from parity import convert, models  # torch: only for the shared initial weights
 
     x, y = _train_data(spec)
-    model = convert.from_torch(models.torch_model(spec["model"], 0).float(), models.NnxTBlock())
-    graphdef, params = nnx.split(model, nnx.Param)
+    tmodel = models.torch_model(spec["model"], 0).float()
+    if spec["model"] == "tblock":
+        graphdef, params = nnx.split(convert.from_torch(tmodel, models.NnxTBlock()), nnx.Param)
+
+        def logits_of(p, x):
+            return nnx.merge(graphdef, p)(x)
+
+        xj = jnp.asarray(x)
+    else:
+        fmodel = models.flax_model(spec["model"], jnp.float32)
+        template = fmodel.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
+        params = convert.torch_to_flax(tmodel.state_dict(), models.layers(spec["model"]), template)[
+            "params"
+        ]
+
+        def logits_of(p, x):
+            return fmodel.apply({"params": p}, x, train=True)
+
+        xj = jnp.asarray(models.flax_input(x))
     tx = SGD.jax_optimizer(WD)
 
     def loss_fn(p, x, y):
-        logits = nnx.merge(graphdef, p)(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits_of(p, x), y).mean()
 
     def train_step(p, s, x, y):
         loss, g = jax.value_and_grad(loss_fn)(p, x, y)
@@ -305,7 +285,7 @@ def _jax_train_nnx(spec):
         return optax.apply_updates(p, u), s, loss
 
     jstep = jax.jit(train_step, donate_argnums=(0, 1))
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    yj = jnp.asarray(y)
     box = {"p": params, "loss": 0.0}
     box["s"] = tx.init(params)
 

@@ -84,21 +84,11 @@ CASES = {
     ),
     "one_cycle_linear_three_phase": (
         lambda o: T.OneCycleLR(
-            o,
-            0.4,
-            epochs=10,
-            steps_per_epoch=9,
-            pct_start=0.25,
-            anneal_strategy="linear",
-            three_phase=True,
-            cycle_momentum=False,
+            o, 0.4, epochs=10, steps_per_epoch=9, pct_start=0.25, anneal_strategy="linear",
+            three_phase=True, cycle_momentum=False,
         ),
         lambda: J.one_cycle_lr(
-            0.4,
-            epochs=10,
-            steps_per_epoch=9,
-            pct_start=0.25,
-            anneal_strategy="linear",
+            0.4, epochs=10, steps_per_epoch=9, pct_start=0.25, anneal_strategy="linear",
             three_phase=True,
         ),
         90,
@@ -110,12 +100,7 @@ CASES = {
     ),
     "cyclic_triangular2": (
         lambda o: T.CyclicLR(
-            o,
-            0.01,
-            0.2,
-            step_size_up=5,
-            step_size_down=9,
-            mode="triangular2",
+            o, 0.01, 0.2, step_size_up=5, step_size_down=9, mode="triangular2",
             cycle_momentum=False,
         ),
         lambda: J.cyclic_lr(0.01, 0.2, step_size_up=5, step_size_down=9, mode="triangular2"),
@@ -285,12 +270,8 @@ def test_reduce_lr_on_plateau_follows_torch(kw):
 
 
 def test_reduce_lr_on_plateau_refuses_what_torch_refuses():
-    for kw, match in [
-        ({"factor": 1.0}, "Factor"),
-        ({"mode": "up"}, "mode"),
-        ({"threshold_mode": "x"}, "threshold mode"),
-        ({"patience": -1}, "patience"),
-    ]:
+    for kw, match in [({"factor": 1.0}, "Factor"), ({"mode": "up"}, "mode"),
+                      ({"threshold_mode": "x"}, "threshold mode"), ({"patience": -1}, "patience")]:
         with pytest.raises(ValueError, match=match):
             J.reduce_lr_on_plateau(0.1, **kw)
 
