@@ -52,7 +52,7 @@ def device_problem(device: str) -> str | None:
 
 def main(argv=None) -> int:
     p = _Parser(prog="python -m parity.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small sizes; under 2 minutes")
+    p.add_argument("--quick", action="store_true", help="small sizes (~2.5 min on 2 CPU cores)")
     p.add_argument(
         "--rounds", type=int, default=None, help="rounds per subject (default 7; quick 5)"
     )
