@@ -150,8 +150,9 @@ def _jax_subject(spec):
         box["p"], box["s"] = jstep(box["p"], box["s"], grads)
         jax.block_until_ready((box["p"], box["s"]))
 
-    hlo = jstep.lower(box["p"], box["s"], grads).compile().as_text()
-    step.hlo = hlo_traffic(hlo, sum(int(p.size) for p in params), len(params))
+    if spec.get("device", "cpu") == "cpu":  # XLA:CPU's loop fusions (the table's HLO B/p)
+        hlo = jstep.lower(box["p"], box["s"], grads).compile().as_text()
+        step.hlo = hlo_traffic(hlo, sum(int(p.size) for p in params), len(params))
     return step, lambda: _guard_vector(box["p"])
 
 
@@ -266,9 +267,8 @@ def _jax_train(spec):
     else:
         fmodel = models.flax_model(spec["model"], jnp.float32)
         template = fmodel.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
-        params = convert.torch_to_flax(tmodel.state_dict(), models.layers(spec["model"]), template)[
-            "params"
-        ]
+        layers = models.layers(spec["model"])
+        params = convert.torch_to_flax(tmodel.state_dict(), layers, template)["params"]
 
         def logits_of(p, x):
             return fmodel.apply({"params": p}, x, train=True)
