@@ -42,7 +42,7 @@ def device_problem(device: str) -> str | None:
             "if not torch.cuda.is_available():\n"
             "    raise SystemExit('torch.cuda.is_available() is False')\n"
         )
-    env = {**os.environ, "JAX_PLATFORMS": JAX_PLATFORMS[device]}
+    env = {**os.environ, "JAX_PLATFORMS": platform}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if proc.returncode == 0:
         return None

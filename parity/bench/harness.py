@@ -143,10 +143,9 @@ def check_guards(kind: str, subjects: list[Subject], dtype: str = "float32") -> 
     for s in live:
         ref = refs[s.semantics]
         a, b = np.array(s.guard), np.array(ref.guard)
-        kind_tol = "train" if kind == "train" else "opt"
-        rtol = GUARD_RTOL[dtype, kind_tol]
+        rtol = GUARD_RTOL[dtype, kind]
         if dtype == "bfloat16":  # relative to the largest element (see the tolerance)
             err = float(np.max(np.abs(a - b)) / (rtol * np.max(np.abs(b))))
         else:
-            err = float(np.max(np.abs(a - b) / (GUARD_ATOL[kind_tol] + rtol * np.abs(b))))
+            err = float(np.max(np.abs(a - b) / (GUARD_ATOL[kind] + rtol * np.abs(b))))
         s.guard_ok, s.guard_vs, s.guard_err_over_tol = bool(err <= 1.0), ref.name, err

@@ -51,9 +51,8 @@ def label(pattern: str) -> str:
 
 def _arrays(pattern: str, n: int) -> list[np.ndarray]:
     """The kernel's arrays, seeded: written arrays first (p or a, then m, v), then g/b."""
-    reads, writes = PATTERNS[pattern]
     rng = np.random.default_rng(7)
-    return [rng.standard_normal(n, dtype=np.float32) for _ in range(reads)]
+    return [rng.standard_normal(n, dtype=np.float32) for _ in range(PATTERNS[pattern][0])]
 
 
 def _numba(pattern: str, n: int, threads: int) -> tuple[Callable[[], None], Callable]:
@@ -127,28 +126,36 @@ def _torch(pattern: str, n: int, device: str) -> tuple[Callable[[], None], Calla
     return step, lambda: [ts[0].cpu().numpy()]
 
 
-def _jax(pattern: str, n: int) -> tuple[Callable[[], None], Callable]:
+def jax_kernel(pattern: str) -> Callable:
+    """The jax kernel of ``pattern`` (jitted with its written arrays donated): arrays in,
+    the written ones out, in :func:`_arrays`'s order."""
     import jax
 
-    arrays = [jax.device_put(a) for a in _arrays(pattern, n)]
     if pattern == "axpy":
-        fn, written = (lambda a, b: a + S * b), 1
+
+        def fn(a, b):
+            return a + S * b
+
     elif pattern == "sgd":
 
         def fn(p, m, g):
             m = MU * m + g
             return p - LR * m, m
 
-        written = 2
     else:
 
         def fn(p, m, v, g):
             m, v = B1 * m + g, B2 * v + g
             return p - LR * m - LR * v, m, v
 
-        written = 3
-    jitted = jax.jit(fn, donate_argnums=tuple(range(written)))
-    box = {"a": arrays}
+    return jax.jit(fn, donate_argnums=tuple(range(PATTERNS[pattern][1])))
+
+
+def _jax(pattern: str, n: int) -> tuple[Callable[[], None], Callable]:
+    import jax
+
+    jitted, written = jax_kernel(pattern), PATTERNS[pattern][1]
+    box = {"a": [jax.device_put(a) for a in _arrays(pattern, n)]}
 
     def step():
         out = jitted(*box["a"])

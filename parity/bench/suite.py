@@ -14,7 +14,6 @@ from typing import Any
 from parity.bench import roof
 from parity.bench.harness import check_guards, measure
 from parity.bench.results import (
-    LIMIT_SLACK,  # noqa: F401  (re-exported: the refusal threshold of a limit fraction)
     BenchResults,
     Derived,
     Environment,
@@ -114,11 +113,11 @@ def _opt_subjects(
     # The fused steps and the roof kernels are float32 (numba kernels: CPU only; on an
     # accelerator XLA's path is jaxreg's).
     f32 = dtype == "float32"
-    cpu, torch_ok = device == "cpu" and f32, device != "tpu"
+    fused_ok, torch_ok = device == "cpu" and f32, device != "tpu"
     subs = [Subject("jax", "jaxreg", sem)]
-    if cpu:  # the fused steps are numba kernels: on an accelerator XLA's path is jaxreg's
+    if fused_ok:  # the fused steps are numba kernels: on an accelerator XLA's path is jaxreg's
         subs.append(Subject("jax", "jaxreg_fused", sem))
-    if many and cpu:  # the opt-in flat parameter buffer (jaxreg.flat) + the fused step
+    if many and fused_ok:  # the opt-in flat parameter buffer (jaxreg.flat) + the fused step
         subs.append(Subject("jax", "jaxreg_flat", sem))
     if torch_ok:
         subs += [Subject("torch", v, sem) for v in TORCH_VARIANTS
@@ -127,7 +126,7 @@ def _opt_subjects(
         subs += [Subject(fw, "roof", f"{opt}/roof") for fw in roof_frameworks(device)]
     if extra:  # regularization overhead, at one size
         subs.append(Subject("jax", "jaxreg_nowd", f"{opt}/nowd"))
-        if cpu:
+        if fused_ok:
             subs.append(Subject("jax", "jaxreg_fused_nowd", f"{opt}/nowd"))
         if torch_ok:
             subs.append(Subject("torch", "torch_fused_nowd", f"{opt}/nowd"))

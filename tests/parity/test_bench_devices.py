@@ -62,13 +62,8 @@ def test_what_the_jax_roof_kernel_moves(pattern, xla_bytes):
     so it can only make the roof slower (the numba kernel is one pass by construction)."""
     from parity.bench.worker import hlo_traffic
 
-    reads, writes = roof.PATTERNS[pattern]
-    args = [jax.numpy.ones(N, np.float32) for _ in range(reads)]
-    fn = {"axpy": lambda a, b: a + 1e-3 * b,
-          "sgd": lambda p, m, g: (p - 0.01 * (0.9 * m + g), 0.9 * m + g),
-          "adamw": lambda p, m, v, g: (p - 0.01 * (0.9 * m + g) - 0.01 * (0.999 * v + g),
-                                       0.9 * m + g, 0.999 * v + g)}[pattern]  # fmt: skip
-    hlo = jax.jit(fn, donate_argnums=tuple(range(writes))).lower(*args).compile().as_text()
+    args = [jax.numpy.ones(N, np.float32) for _ in range(roof.PATTERNS[pattern][0])]
+    hlo = roof.jax_kernel(pattern).lower(*args).compile().as_text()
     moved = hlo_traffic(hlo, N, 1)["bytes_per_param"]
     assert moved >= roof.bytes_per_element(pattern)
     assert moved == xla_bytes
